@@ -1,0 +1,78 @@
+"""Command line: ``mimo train --config configs/tiny_vlm.yaml [--set a.b=value ...] [--nproc N]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from mimo.config import load_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mimo", description="Train multimodal models with a layout per module.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a model from a YAML recipe")
+    train.add_argument("--config", required=True, help="YAML recipe, e.g. configs/tiny_vlm.yaml")
+    train.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.steps=10 (repeatable; the value is parsed as YAML)",
+    )
+    train.add_argument("--run-dir", help="where metrics go (overrides run_dir)")
+    train.add_argument("--export", metavar="FILE", help="write the final weights as one safetensors file")
+    train.add_argument(
+        "--nproc", type=int, metavar="N",
+        help="start N processes on this machine with torchrun (same as `torchrun --nproc-per-node N -m mimo ...`)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.nproc is not None:
+        return _relaunch_with_torchrun(args.nproc, argv)
+    try:
+        overrides = list(args.overrides) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
+        config = load_config(args.config, overrides)
+        from mimo.run import run_training  # deferred: parsing errors should not wait for torch to import
+
+        run_training(config, export_path=args.export)
+    except ValueError as error:
+        print(f"mimo: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
+    if nproc < 1:
+        print(f"mimo: error: --nproc must be >= 1, got {nproc}", file=sys.stderr)
+        return 2
+    if "WORLD_SIZE" in os.environ:
+        print("mimo: error: --nproc given inside a torchrun launch; drop one of them", file=sys.stderr)
+        return 2
+    rest = _without_nproc(argv)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "mimo", *rest
+    ]
+    return subprocess.call(command)
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    rest, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            rest.append(item)
+    return rest
+
+
+if __name__ == "__main__":
+    sys.exit(main())

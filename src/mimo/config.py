@@ -1,0 +1,191 @@
+"""The run configuration: typed dataclasses loaded from YAML, with ``--set a.b=value`` overrides.
+
+A recipe is a YAML file (see ``configs/``); every key maps to a field below and every field has a default, so a
+recipe only says what differs. Unknown keys and bad values raise ``ValueError`` naming the key and the value.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mimo.config_loading import build_dataclass
+from mimo.data import SyntheticDataConfig
+from mimo.model.configs import LANGUAGE_MODULE, MimoModelConfig
+
+
+@dataclass(kw_only=True)
+class OptimizerConfig:
+    """One module's optimizer. Per-module entries in ``optim.modules`` start from ``optim.default``."""
+
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    momentum: float = 0.0
+    """SGD only."""
+
+    def __post_init__(self) -> None:
+        if self.lr < 0:
+            raise ValueError(f"lr must be >= 0, got {self.lr}")
+        for name in ("beta1", "beta2", "momentum"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+
+
+@dataclass(kw_only=True)
+class LRScheduleConfig:
+    """Linear warmup from 0, then decay to ``min_lr_ratio * lr`` at the last step."""
+
+    warmup_steps: int = 0
+    decay: Literal["constant", "linear", "cosine"] = "cosine"
+    min_lr_ratio: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    default: OptimizerConfig = field(default_factory=OptimizerConfig)
+    modules: dict[str, OptimizerConfig] = field(default_factory=dict)
+    """Per-module overrides, keyed by module name ("language", "images", ...)."""
+    lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
+    clip_grad: float = 1.0
+    """Clip by the global gradient norm over every module; 0 disables clipping."""
+    freeze: list[str] = field(default_factory=list)
+    """Frozen modules ("images") or parts ("images.encoders", "images.projection"): no gradients, no state."""
+
+    def __post_init__(self) -> None:
+        if self.clip_grad < 0:
+            raise ValueError(f"clip_grad must be >= 0, got {self.clip_grad}")
+
+    def for_module(self, module: str) -> OptimizerConfig:
+        return self.modules.get(module, self.default)
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    steps: int = 60
+    global_batch_size: int = 16
+    """Samples per optimizer step, over all data-parallel replicas and microbatches."""
+    num_microbatches: int = 1
+    """The global batch is cut into this many microbatches; the loss does not depend on it."""
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA when available (NCCL), else CPU (gloo)."""
+    collective_timeout_s: float = 300.0
+    progress: bool = True
+    """Show a progress bar (rank 0 only)."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "global_batch_size", "num_microbatches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.global_batch_size % self.num_microbatches:
+            raise ValueError(
+                f"global_batch_size ({self.global_batch_size}) must be divisible by "
+                f"num_microbatches ({self.num_microbatches})"
+            )
+        if self.collective_timeout_s <= 0:
+            raise ValueError(f"collective_timeout_s must be > 0, got {self.collective_timeout_s}")
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.global_batch_size // self.num_microbatches
+
+
+@dataclass(kw_only=True)
+class MimoConfig:
+    """A whole run."""
+
+    run_dir: str = "runs/default"
+    """Where metrics.jsonl (and later checkpoints) go."""
+    model: MimoModelConfig = field(default_factory=MimoModelConfig)
+    data: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        modules = self.model.module_names
+        for key in self.optim.modules:
+            if key not in modules:
+                raise ValueError(f"optim.modules.{key}: unknown module {key!r}; modules are {modules}")
+        for entry in self.optim.freeze:
+            module, _, part = entry.partition(".")
+            if module not in modules or (part and (module == LANGUAGE_MODULE or part not in ("encoders", "projection"))):
+                raise ValueError(
+                    f"optim.freeze entry {entry!r} is not a module ({', '.join(modules)}) "
+                    f"or a modality part ('<modality>.encoders', '<modality>.projection')"
+                )
+        if self.data.seq_length > self.model.language.max_seq_len:
+            raise ValueError(
+                f"data.seq_length ({self.data.seq_length}) exceeds model.language.max_seq_len "
+                f"({self.model.language.max_seq_len})"
+            )
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> MimoConfig:
+    """Read a YAML recipe, apply ``a.b=value`` overrides (values parsed as YAML), validate, return it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping at the top level, got {raw!r}")
+    for override in overrides or []:
+        apply_override(raw, override)
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> MimoConfig:
+    """Validate plain data into a MimoConfig (per-module optimizer entries inherit from ``optim.default``)."""
+    return build_dataclass(MimoConfig, _inherit_optimizer_defaults(raw))
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (``3``, ``0.1``, ``[images]``)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ValueError(f"override {override!r} must look like key.subkey=value")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ValueError(f"override {override!r}: value {text!r} is not valid YAML") from None
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"override {override!r}: {part!r} holds {child!r}, not a mapping")
+        node = child
+    node[leaf] = value
+
+
+def _inherit_optimizer_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    optim = raw.get("optim")
+    if not isinstance(optim, dict) or not isinstance(optim.get("modules"), dict):
+        return raw
+    default = optim.get("default") or {}
+    if not isinstance(default, dict):
+        return raw
+    raw = copy.deepcopy(raw)
+    raw["optim"]["modules"] = {
+        name: {**default, **entry} if isinstance(entry, dict) else entry
+        for name, entry in optim["modules"].items()
+    }
+    return raw

@@ -1,0 +1,69 @@
+"""Process-group start-up and shutdown: gloo on CPU, NCCL on CUDA, picked from the device.
+
+A plain ``python -m mimo train`` runs as one process without any process group; under ``torchrun`` (``WORLD_SIZE``
+set in the environment) every process joins the default group.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1 or dist.is_initialized()
+
+    def synchronize(self) -> None:
+        """Wait for queued device work, so timers measure it (a no-op on CPU)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def resolve_device(preference: str, local_rank: int) -> torch.device:
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device='cuda' but CUDA is not available on this machine")
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def init_distributed(device_preference: str = "auto", *, timeout_s: float = 300.0) -> DistributedContext:
+    """Join the default process group when launched by torchrun; otherwise a single-process context."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_preference, local_rank)
+    if "WORLD_SIZE" in os.environ and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            timeout=timedelta(seconds=timeout_s),
+            device_id=device if device.type == "cuda" else None,
+        )
+    return DistributedContext(rank=rank, world_size=world_size, device=device)
+
+
+def shutdown_distributed(*, wait_for_peers: bool = True) -> None:
+    """Leave the process group (collect first and meet at a barrier: gloo can abort at exit with live groups)."""
+    if dist.is_initialized():
+        gc.collect()
+        if wait_for_peers:
+            dist.barrier()
+        dist.destroy_process_group()

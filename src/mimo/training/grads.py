@@ -1,0 +1,58 @@
+"""Gradient finalisation: reduce over data parallelism, divide by the global token count, clip by global norm.
+
+Backward runs on the *sum* of per-token losses, so after the data-parallel SUM every gradient is the gradient of
+the global loss sum; dividing by the number of loss tokens in the whole global batch gives the gradient of the
+global per-token mean, whatever the microbatching or the layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def materialize_grads(params: Sequence[nn.Parameter]) -> None:
+    """Give every parameter a gradient tensor (zeros where backward never reached it).
+
+    A modality absent from a rank's microbatches leaves its gradients at None there, yet every replica must take
+    part in the same all-reduce with the same tensors.
+    """
+    for parameter in params:
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+
+
+def all_reduce_grads(params: Sequence[nn.Parameter], group: dist.ProcessGroup | None) -> None:
+    """Sum the gradients over ``group`` (one flat buffer, one collective); a no-op without a group."""
+    if group is None or dist.get_world_size(group) == 1 or not params:
+        return
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
+
+
+def scale_grads(params: Sequence[nn.Parameter], factor: float) -> None:
+    for parameter in params:
+        parameter.grad.mul_(factor)
+
+
+def squared_norm(params: Sequence[nn.Parameter]) -> torch.Tensor:
+    """Sum of squared gradient entries, in fp32 (0 for no parameters)."""
+    total = torch.zeros((), dtype=torch.float32)
+    for parameter in params:
+        total = total + parameter.grad.detach().float().pow(2).sum().cpu()
+    return total
+
+
+def clip_grads(params: Sequence[nn.Parameter], max_norm: float, total_norm: float) -> None:
+    """Scale gradients so their global norm is at most ``max_norm`` (same rule as torch's clip_grad_norm_)."""
+    coefficient = max_norm / (total_norm + 1e-6)
+    if coefficient < 1.0:
+        scale_grads(params, coefficient)

@@ -1,0 +1,64 @@
+"""What a run reports: one JSON line per step in ``<run_dir>/metrics.jsonl``, a progress bar, a closing summary."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TextIO
+
+from tqdm import tqdm
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    step: int
+    loss: float
+    grad_norm: float
+    lr: float
+    tokens: int
+    """Loss tokens in the global batch (the denominator of the loss)."""
+    step_time_s: float
+    skipped: bool = False
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.step_time_s if self.step_time_s > 0 else math.inf
+
+
+class MetricsLog:
+    """Writes metrics.jsonl and drives the progress bar; only the reporting rank creates one."""
+
+    def __init__(self, run_dir: Path, *, total_steps: int, start_step: int = 0, progress: bool = True):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / "metrics.jsonl"
+        self._file: TextIO = self.path.open("a" if start_step else "w")
+        self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not progress)
+        self.history: list[StepMetrics] = []
+
+    def log(self, metrics: StepMetrics) -> None:
+        self.history.append(metrics)
+        self._file.write(json.dumps(asdict(metrics)) + "\n")
+        self._file.flush()
+        self._bar.set_postfix(loss=f"{metrics.loss:.4f}", tok_s=f"{metrics.tokens_per_s:,.0f}")
+        self._bar.update(1)
+
+    def close(self) -> None:
+        self._bar.close()
+        self._file.close()
+
+    def summary(self) -> str:
+        if not self.history:
+            return "no steps were run"
+        first, last = self.history[0], self.history[-1]
+        total_time = sum(m.step_time_s for m in self.history)
+        total_tokens = sum(m.tokens for m in self.history)
+        skipped = sum(m.skipped for m in self.history)
+        return "\n".join([
+            f"steps {first.step}..{last.step}: loss {first.loss:.4f} -> {last.loss:.4f}",
+            f"time {total_time:.1f} s, {total_time / len(self.history):.3f} s/step, "
+            f"{total_tokens / max(total_time, 1e-9):,.0f} loss tokens/s",
+            f"skipped steps (non-finite gradients): {skipped}",
+            f"metrics: {self.path}",
+        ])

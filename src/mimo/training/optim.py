@@ -1,0 +1,102 @@
+"""One optimizer and one LR schedule per module, and per-module freezing.
+
+Modules are the language model and each modality; each gets its own optimizer config (``optim.modules``) so an
+encoder can train with a different learning rate than the language model. Frozen parameters get
+``requires_grad=False`` and are left out of every optimizer, so they hold no optimizer state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from mimo.config import LRScheduleConfig, OptimConfig, OptimizerConfig
+from mimo.model.configs import LANGUAGE_MODULE
+
+
+def module_of(model: nn.Module, name: str) -> nn.Module:
+    """The submodule holding module ``name`` ("language", a modality, or "<modality>.encoders|projection")."""
+    module, _, part = name.partition(".")
+    holder = model.language if module == LANGUAGE_MODULE else model.modalities[module]
+    return getattr(holder, part) if part else holder
+
+
+def apply_freezing(model: nn.Module, freeze: Iterable[str]) -> None:
+    for name in freeze:
+        for parameter in module_of(model, name).parameters():
+            parameter.requires_grad_(False)
+
+
+def trainable_parameters(model: nn.Module, module_names: Iterable[str]) -> dict[str, list[nn.Parameter]]:
+    """Trainable parameters per module, in a fixed order; modules with none are left out."""
+    by_module = {}
+    for name in module_names:
+        params = [p for p in module_of(model, name).parameters() if p.requires_grad]
+        if params:
+            by_module[name] = params
+    return by_module
+
+
+def lr_factor(step: int, *, total_steps: int, schedule: LRScheduleConfig) -> float:
+    """Multiplier of the base LR for the optimizer step with 0-based index ``step``."""
+    if step < schedule.warmup_steps:
+        return (step + 1) / schedule.warmup_steps
+    if schedule.decay == "constant":
+        return 1.0
+    progress = min(1.0, (step - schedule.warmup_steps) / max(1, total_steps - schedule.warmup_steps - 1))
+    floor = schedule.min_lr_ratio
+    if schedule.decay == "linear":
+        return 1.0 - (1.0 - floor) * progress
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(params: list[nn.Parameter], config: OptimizerConfig) -> torch.optim.Optimizer:
+    if config.name == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(
+        params, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=config.weight_decay
+    )
+
+
+class ModuleOptimizers:
+    """The optimizers and LR schedules of every module this rank trains, stepped together."""
+
+    def __init__(self, params_by_module: dict[str, list[nn.Parameter]], config: OptimConfig, *, total_steps: int):
+        self.optimizers = {
+            name: build_optimizer(params, config.for_module(name)) for name, params in params_by_module.items()
+        }
+        self.schedulers = {
+            name: torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: lr_factor(step, total_steps=total_steps, schedule=config.lr_schedule)
+            )
+            for name, optimizer in self.optimizers.items()
+        }
+
+    def step(self) -> None:
+        for name, optimizer in self.optimizers.items():
+            optimizer.step()
+            self.schedulers[name].step()
+
+    def zero_grad(self) -> None:
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=False)
+
+    def lrs(self) -> dict[str, float]:
+        return {name: optimizer.param_groups[0]["lr"] for name, optimizer in self.optimizers.items()}
+
+    def state_dict(self) -> dict[str, dict]:
+        return {
+            name: {"optimizer": optimizer.state_dict(), "scheduler": self.schedulers[name].state_dict()}
+            for name, optimizer in self.optimizers.items()
+        }
+
+    def load_state_dict(self, state: dict[str, dict]) -> None:
+        missing = sorted(set(self.optimizers) - set(state))
+        if missing:
+            raise ValueError(f"checkpoint has no optimizer state for modules {missing}")
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state[name]["optimizer"])
+            self.schedulers[name].load_state_dict(state[name]["scheduler"])

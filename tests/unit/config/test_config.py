@@ -1,0 +1,71 @@
+"""The run config: YAML files, --set overrides, cross-field validation, per-module optimizer inheritance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mimo.config import apply_override, config_from_dict, load_config
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_shipped_recipe_loads(name):
+    config = load_config(CONFIGS / name)
+    assert config.train.steps >= 1
+
+
+def test_overrides_are_parsed_as_yaml_and_reach_nested_fields(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  steps: 5\n")
+    config = load_config(path, ["train.steps=7", "optim.freeze=[language]", "optim.default.lr=0.5"])
+    assert config.train.steps == 7
+    assert config.optim.freeze == ["language"]
+    assert config.optim.default.lr == 0.5
+
+
+def test_module_optimizer_entries_inherit_from_the_default():
+    config = config_from_dict({
+        "optim": {"default": {"name": "sgd", "lr": 0.1}, "modules": {"language": {"lr": 0.01}}},
+    })
+    assert config.optim.for_module("language").name == "sgd"
+    assert config.optim.for_module("language").lr == 0.01
+    assert config.optim.for_module("images").lr == 0.1
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("train: [1, 2", "is not valid YAML"),
+        ("- a\n- b\n", "must hold a mapping at the top level"),
+        ("trian:\n  steps: 3\n", "unknown key 'trian'"),
+        ("train:\n  steps: 0\n", "train: steps must be >= 1, got 0"),
+        ("train:\n  global_batch_size: 6\n  num_microbatches: 4\n", r"global_batch_size \(6\) must be divisible"),
+        ("optim:\n  freeze: [eyes]\n", "optim.freeze entry 'eyes' is not a module"),
+        ("optim:\n  modules:\n    eyes: {lr: 1}\n", "optim.modules.eyes: unknown module 'eyes'"),
+        ("optim:\n  default:\n    name: adam\n", "optim.default.name='adam' is not one of 'adamw', 'sgd'"),
+    ],
+)
+def test_bad_files_raise_errors_naming_the_problem(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_config(path)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("override", ["train.steps", "=3", "train..steps=3"])
+def test_malformed_overrides_are_rejected(override):
+    with pytest.raises(ValueError, match="must look like key.subkey=value"):
+        apply_override({}, override)
+
+
+def test_override_through_a_scalar_is_rejected():
+    with pytest.raises(ValueError, match="holds 5, not a mapping"):
+        apply_override({"train": 5}, "train.steps=3")

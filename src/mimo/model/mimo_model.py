@@ -1,0 +1,68 @@
+"""The whole multimodal model on one process: modalities -> splice -> language model -> per-token loss."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from mimo.model.configs import LANGUAGE_MODULE, MimoModelConfig
+from mimo.model.init import init_parameters
+from mimo.model.language import LanguageModel
+from mimo.model.modality import ModalitySubmodule
+from mimo.model.splice import check_tokens_per_sample, splice_embeddings
+from mimo.model.types import EncoderOutput
+
+__all__ = ["LANGUAGE_PREFIX", "MimoModel", "modality_prefix"]
+
+LANGUAGE_PREFIX = f"{LANGUAGE_MODULE}."
+"""Prefix of the language model's parameter names inside ``MimoModel`` (for ``init_parameters``)."""
+
+
+def modality_prefix(name: str) -> str:
+    """Prefix of modality ``name``'s parameter names inside ``MimoModel`` (for ``init_parameters``)."""
+    return f"modalities.{name}."
+
+
+class MimoModel(nn.Module):
+    """One language model (``self.language``) and one ``ModalitySubmodule`` per modality (``self.modalities``)."""
+
+    def __init__(self, config: MimoModelConfig, *, seed: int = 0) -> None:
+        super().__init__()
+        self.config = config
+        self.language = LanguageModel(config.language)
+        self.modalities = nn.ModuleDict(
+            {
+                name: ModalitySubmodule(modality, config.language.hidden_size)
+                for name, modality in config.modalities.items()
+            }
+        )
+        self.placeholder_ids = config.placeholder_ids
+        # Each part is seeded under its full name, so a partial model built for one rank matches this one.
+        init_parameters(self.language, seed=seed, prefix=LANGUAGE_PREFIX)
+        for name, modality in self.modalities.items():
+            init_parameters(modality, seed=seed, prefix=modality_prefix(name))
+
+    def encode(self, modality_inputs: dict[str, dict[str, dict[str, Tensor]]]) -> dict[str, EncoderOutput]:
+        """Run each modality present in ``modality_inputs``; rows are projected to the LM hidden size."""
+        unknown = [name for name in modality_inputs if name not in self.modalities]
+        if unknown:
+            raise ValueError(f"modality_inputs has unknown modality(ies) {unknown}; known: {list(self.modalities)}")
+        return {name: self.modalities[name](inputs) for name, inputs in modality_inputs.items()}
+
+    def forward(
+        self,
+        *,
+        input_ids: Tensor,
+        position_ids: Tensor,
+        labels: Tensor,
+        modality_inputs: dict[str, dict[str, dict[str, Tensor]]] | None = None,
+        loss_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Per-token loss ``[B, S]``; ``loss_mask`` is accepted for the caller's convenience and not applied."""
+        del loss_mask  # The loss function applies it, so that it sees every token's loss.
+        encoded = self.encode(modality_inputs or {})
+        for name, output in encoded.items():
+            check_tokens_per_sample(name, input_ids, self.placeholder_ids[name], output.tokens_per_sample)
+        text = self.language.embed(input_ids, position_ids)
+        rows = {name: output.embeddings for name, output in encoded.items()}
+        combined = splice_embeddings(text, input_ids, rows, self.placeholder_ids)
+        return self.language(combined, labels=labels)

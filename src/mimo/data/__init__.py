@@ -1,0 +1,64 @@
+"""The data pipeline: sample format, synthetic dataset, collate, DP slicing and the per-rank loader."""
+
+from __future__ import annotations
+
+from mimo.data.collate import collate
+from mimo.data.format import (
+    FEATURES,
+    IGNORE_INDEX,
+    INPUT_IDS,
+    ITEMS_PER_SAMPLE,
+    LABELS,
+    LENGTHS,
+    LOSS_MASK,
+    MODALITY_INPUTS,
+    PIXEL_VALUES,
+    POSITION_IDS,
+    TEXT_KEYS,
+    Batch,
+    EncoderInputs,
+    ModalityInputs,
+    Sample,
+    select_fields,
+    validate_sample,
+)
+from mimo.data.loader import MicrobatchLoader, SelectiveDataset
+from mimo.data.slicing import batch_size, shard_batch, shard_range, slice_batch
+from mimo.data.synthetic import SampleSpec, SyntheticMimoDataset
+from mimo.data.synthetic_config import SyntheticDataConfig
+from mimo.data.text_fields import build_text_fields
+from mimo.data.tokens import item_token_counts, modality_token_count, tokens_per_sample
+
+__all__ = [
+    "FEATURES",
+    "IGNORE_INDEX",
+    "INPUT_IDS",
+    "ITEMS_PER_SAMPLE",
+    "LABELS",
+    "LENGTHS",
+    "LOSS_MASK",
+    "MODALITY_INPUTS",
+    "PIXEL_VALUES",
+    "POSITION_IDS",
+    "TEXT_KEYS",
+    "Batch",
+    "EncoderInputs",
+    "MicrobatchLoader",
+    "ModalityInputs",
+    "Sample",
+    "SampleSpec",
+    "SelectiveDataset",
+    "SyntheticDataConfig",
+    "SyntheticMimoDataset",
+    "batch_size",
+    "build_text_fields",
+    "collate",
+    "item_token_counts",
+    "modality_token_count",
+    "select_fields",
+    "shard_batch",
+    "shard_range",
+    "slice_batch",
+    "tokens_per_sample",
+    "validate_sample",
+]

@@ -1,0 +1,131 @@
+"""``MicrobatchLoader``: per-rank, resumable microbatches of an endless, epoch-shuffled sample order.
+
+Global position p (counted in samples since the start of training) maps to dataset index
+``permutation(seed, p // N)[p % N]``. Step by step, microbatch m covers positions
+``[consumed + m * mbs, consumed + (m + 1) * mbs)`` and a rank loads only its contiguous DP shard of it, so
+the union over ranks equals what one process would load, and resuming needs nothing but ``consumed_samples``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch.utils.data import Dataset
+
+from mimo.data.collate import collate
+from mimo.data.format import Batch, Sample, select_fields
+from mimo.data.seeding import seeded_generator
+from mimo.data.slicing import shard_range
+
+__all__ = ["MicrobatchLoader", "SelectiveDataset"]
+
+
+@runtime_checkable
+class SelectiveDataset(Protocol):
+    """A dataset that can render only some parts of a sample (the loader uses it when available)."""
+
+    def load_sample(
+        self, index: int, *, modalities: Collection[str] | None = None, include_text: bool = True
+    ) -> Sample: ...
+
+
+class MicrobatchLoader:
+    """Yields, step after step, this rank's shard of each microbatch of the global batch."""
+
+    def __init__(
+        self,
+        dataset: Dataset[Sample],
+        *,
+        global_batch_size: int,
+        num_microbatches: int,
+        dp_rank: int = 0,
+        dp_size: int = 1,
+        seed: int = 0,
+        consumed_samples: int = 0,
+        modalities: Collection[str] | None = None,
+        include_text: bool = True,
+    ) -> None:
+        _check_sizes(global_batch_size, num_microbatches, dp_size)
+        self.micro_batch_size = global_batch_size // num_microbatches
+        self._shard = shard_range(self.micro_batch_size, dp_rank, dp_size)
+        self.num_samples = len(dataset)  # type: ignore[arg-type]
+        if self.num_samples < 1:
+            raise ValueError(f"dataset is empty (len {self.num_samples}); the loader needs at least one sample")
+        if consumed_samples < 0:
+            raise ValueError(f"consumed_samples must be >= 0, got {consumed_samples}")
+        self.dataset = dataset
+        self.global_batch_size, self.num_microbatches = global_batch_size, num_microbatches
+        self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
+        self.modalities = None if modalities is None else frozenset(modalities)
+        self.include_text = include_text
+        self._consumed = consumed_samples
+        self._permutations: dict[int, list[int]] = {}
+
+    @property
+    def consumed_samples(self) -> int:
+        """Samples of the global order consumed by all ranks together (advanced by whole steps)."""
+        return self._consumed
+
+    def next_step(self) -> Iterator[Batch]:
+        """This step's ``num_microbatches`` microbatches (this rank's shard of each), loaded lazily."""
+        indices = self.step_indices()
+        self._consumed += self.global_batch_size
+        return (self._load(microbatch) for microbatch in indices)
+
+    def step_indices(self) -> list[list[int]]:
+        """Dataset indices this rank will load in the next step, per microbatch; advances nothing."""
+        start, stop = self._shard
+        return [
+            [self.sample_index(self._consumed + m * self.micro_batch_size + i) for i in range(start, stop)]
+            for m in range(self.num_microbatches)
+        ]
+
+    def sample_index(self, position: int) -> int:
+        """Dataset index at global ``position`` of the endless order (epoch e = one seeded permutation)."""
+        epoch, offset = divmod(position, self.num_samples)
+        if epoch not in self._permutations:
+            if len(self._permutations) >= 2:  # a step crosses at most one epoch boundary
+                del self._permutations[min(self._permutations)]
+            gen = seeded_generator("epoch", self.seed, epoch)
+            self._permutations[epoch] = torch.randperm(self.num_samples, generator=gen).tolist()
+        return self._permutations[epoch][offset]
+
+    def state_dict(self) -> dict[str, int]:
+        """Plain ints; the order itself is a function of the seed and the dataset length."""
+        return {"consumed_samples": self._consumed, "seed": self.seed, "num_samples": self.num_samples}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at ``state['consumed_samples']``; the seed and dataset length must match the saved ones."""
+        if "consumed_samples" not in state:
+            raise ValueError(f"loader state lacks 'consumed_samples'; it has {sorted(state)}")
+        for key, current in (("seed", self.seed), ("num_samples", self.num_samples)):
+            if key in state and state[key] != current:
+                raise ValueError(f"loader state has {key}={state[key]}, this loader has {key}={current}")
+        consumed = state["consumed_samples"]
+        if not isinstance(consumed, int) or isinstance(consumed, bool) or consumed < 0:
+            raise ValueError(f"loader state consumed_samples must be an integer >= 0, got {consumed!r}")
+        self._consumed = consumed
+
+    def _load(self, indices: list[int]) -> Batch:
+        return collate([self._load_sample(index) for index in indices])
+
+    def _load_sample(self, index: int) -> Sample:
+        if isinstance(self.dataset, SelectiveDataset):
+            return self.dataset.load_sample(index, modalities=self.modalities, include_text=self.include_text)
+        return select_fields(self.dataset[index], modalities=self.modalities, include_text=self.include_text)
+
+
+def _check_sizes(global_batch_size: int, num_microbatches: int, dp_size: int) -> None:
+    for name, value in (("global_batch_size", global_batch_size), ("num_microbatches", num_microbatches),
+                        ("dp_size", dp_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if global_batch_size % num_microbatches:
+        raise ValueError(
+            f"global_batch_size ({global_batch_size}) is not divisible by num_microbatches ({num_microbatches})"
+        )
+    micro_batch_size = global_batch_size // num_microbatches
+    if micro_batch_size % dp_size:
+        raise ValueError(f"micro batch size ({micro_batch_size}) is not divisible by dp_size ({dp_size})")

@@ -1,0 +1,107 @@
+"""The part of the model one rank holds: one pipeline stage of one module.
+
+Stage outputs are ``{name: tensor}`` dicts. An encoder's last stage emits ``{modality: rows}`` plus the metadata
+entry ``"<modality>/tokens_per_sample"``: keys with a ``/`` describe their module's activation, travel with it and
+carry no gradient. The language model's last stage returns per-token losses ``[B, S]``.
+
+Parameter names equal those of the full ``MimoModel`` (``language.layers.3...``, ``modalities.images...``), so
+weights, checkpoints and exports do not depend on the layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from mimo.model.configs import LANGUAGE_MODULE, MimoModelConfig
+from mimo.model.init import init_parameters
+from mimo.model.language import LanguageModel
+from mimo.model.mimo_model import LANGUAGE_PREFIX, modality_prefix
+from mimo.model.modality import ModalitySubmodule
+from mimo.model.splice import check_tokens_per_sample, splice_embeddings
+
+__all__ = ["LanguageStage", "ModalityStage", "counts_key", "is_metadata_key"]
+
+
+def counts_key(module: str) -> str:
+    """Key of the per-sample row counts that travel with ``module``'s activation."""
+    return f"{module}/tokens_per_sample"
+
+
+def is_metadata_key(key: str) -> bool:
+    return "/" in key
+
+
+class LanguageStage(nn.Module):
+    """Stage ``stage`` of ``num_stages`` of the language model, holding the layers in ``layers``."""
+
+    def __init__(self, config: MimoModelConfig, *, stage: int, num_stages: int, layers: range, seed: int) -> None:
+        super().__init__()
+        self.module_name = LANGUAGE_MODULE
+        self.stage, self.num_stages = stage, num_stages
+        self.language = LanguageModel(
+            config.language, layers=layers, has_embedding=stage == 0, has_head=stage == num_stages - 1
+        )
+        init_parameters(self.language, seed=seed, prefix=LANGUAGE_PREFIX)
+        self.placeholder_ids = config.placeholder_ids
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.stage == 0
+
+    @property
+    def is_loss_stage(self) -> bool:
+        return self.stage == self.num_stages - 1
+
+    @property
+    def needs_data(self) -> bool:
+        """The first stage reads tokens, the last reads labels and the loss mask; middle stages read nothing."""
+        return self.is_first_stage or self.is_loss_stage
+
+    def forward(
+        self,
+        *,
+        inputs: dict[str, Tensor],
+        input_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        labels: Tensor | None = None,
+        **unused: Any,
+    ) -> Tensor | dict[str, Tensor]:
+        if self.is_first_stage:
+            if input_ids is None or position_ids is None:
+                raise ValueError("the first language stage needs input_ids and position_ids")
+            rows = {}
+            for name in self.placeholder_ids:
+                if name in inputs:
+                    check_tokens_per_sample(name, input_ids, self.placeholder_ids[name], inputs[counts_key(name)])
+                    rows[name] = inputs[name]
+            hidden = splice_embeddings(self.language.embed(input_ids, position_ids), input_ids, rows, self.placeholder_ids)
+        else:
+            hidden = inputs[LANGUAGE_MODULE]
+        output = self.language(hidden, labels=labels)
+        return output if self.is_loss_stage else {LANGUAGE_MODULE: output}
+
+
+class ModalityStage(nn.Module):
+    """A whole modality (encoders + projection) on one stage; emits its rows and per-sample counts."""
+
+    def __init__(self, config: MimoModelConfig, name: str, *, seed: int) -> None:
+        super().__init__()
+        self.module_name = name
+        self.stage, self.num_stages = 0, 1
+        self.modalities = nn.ModuleDict({name: ModalitySubmodule(config.modalities[name], config.language.hidden_size)})
+        init_parameters(self.modalities[name], seed=seed, prefix=modality_prefix(name))
+
+    is_first_stage = True
+    is_loss_stage = False
+    needs_data = True
+
+    def forward(
+        self, *, inputs: dict[str, Tensor], modality_inputs: dict[str, Any] | None = None, **unused: Any
+    ) -> dict[str, Tensor]:
+        name = self.module_name
+        if modality_inputs is None or name not in modality_inputs:
+            raise ValueError(f"the {name!r} encoder stage got no inputs for modality {name!r}")
+        output = self.modalities[name](modality_inputs[name])
+        return {name: output.embeddings, counts_key(name): output.tokens_per_sample}

@@ -105,12 +105,12 @@ class Topology:
 
     def require_modules(self, module_names: Collection[str]) -> None:
         """Raise ValueError unless the topology has exactly these modules."""
-        unknown = sorted(set(self.edges) - set(module_names))
+        extra = sorted(set(self.edges) - set(module_names))
         missing = sorted(set(module_names) - set(self.edges))
-        if unknown or missing:
+        if extra or missing:
             raise ValueError(
-                f"topology modules {sorted(self.edges)} differ from the model's {sorted(module_names)}: "
-                f"unknown {unknown}, missing {missing}"
+                f"topology modules {sorted(self.edges)} differ from {sorted(module_names)}: "
+                f"extra in the topology {extra}, missing from the topology {missing}"
             )
 
     def _require_known(self, module: str) -> None:

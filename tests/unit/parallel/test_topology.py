@@ -50,7 +50,7 @@ def test_invalid_topologies_are_named(edges: dict[str, list[str]], message: str)
 def test_require_modules_names_unknown_and_missing() -> None:
     topology = default_topology(["images", "language"])
     topology.require_modules(["language", "images"])
-    with pytest.raises(ValueError, match=r"unknown \['images'\], missing \['audio'\]"):
+    with pytest.raises(ValueError, match=r"extra in the topology \['images'\], missing from the topology \['audio'\]"):
         topology.require_modules(["audio", "language"])
     with pytest.raises(ValueError, match="lack the language module"):
         default_topology(["images"])

@@ -23,7 +23,14 @@ def modality_prefix(name: str) -> str:
 
 
 class MimoModel(nn.Module):
-    """One language model (``self.language``) and one ``ModalitySubmodule`` per modality (``self.modalities``)."""
+    """One language model (``self.language``) and one ``ModalitySubmodule`` per modality (``self.modalities``).
+
+    As a stage model (see ``mimo.training.mimo_step.StageModel``) it is the whole pipeline on one rank: it reads
+    every field of the batch and returns the per-token losses.
+    """
+
+    is_loss_stage = True
+    needs_data = True
 
     def __init__(self, config: MimoModelConfig, *, seed: int = 0) -> None:
         super().__init__()

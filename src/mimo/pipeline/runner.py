@@ -1,0 +1,127 @@
+"""Executes one rank's action list for one training step: the only place a schedule has side effects.
+
+Each action kind has a small handler; the stage's inputs, outputs and gradients live in per-microbatch
+records between the actions that produce and consume them. On any failure the whole plan of this rank is
+logged with the failing action marked, then the error propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mimo.comm.multimodule import MultiModulePipelineCommunicator
+from mimo.pipeline.actions import Action, ActionKind
+from mimo.pipeline.backward import backward_step_multimodule
+
+__all__ = ["BoundStage", "StageRunner"]
+
+logger = logging.getLogger(__name__)
+
+
+class BoundStage:
+    """A stage model with the tensors it received for one microbatch, called by ``forward_step`` like a model.
+
+    Received activations are passed as an explicit ``inputs=`` argument rather than stored on the model
+    (upstream's ``set_input_tensor`` side channel).
+    """
+
+    def __init__(self, stage: torch.nn.Module, inputs: dict[str, Tensor]) -> None:
+        self.stage, self.inputs = stage, inputs
+        self.is_loss_stage: bool = stage.is_loss_stage
+        self.needs_data: bool = stage.needs_data
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        return self.stage.parameters()
+
+    def __call__(self, **batch: Any) -> Tensor | dict[str, Tensor]:
+        return self.stage(inputs=self.inputs, **batch)
+
+
+@dataclass
+class _Record:
+    inputs: dict[str, Tensor] = field(default_factory=dict)
+    output: Tensor | dict[str, Tensor] | None = None
+    output_grads: dict[str, Tensor] | None = None
+    input_grads: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class StageRunner:
+    """Runs a schedule for the single stage this rank holds (non-colocated layouts).
+
+    ``forward_step`` is the prepared step function ``(data_iterator, model) -> (output, loss_func | None)``.
+    """
+
+    stage: torch.nn.Module
+    communicator: MultiModulePipelineCommunicator
+    forward_step: Callable[[Iterable[Any] | None, Any], tuple[Any, Any]]
+    timers: Callable[[str], Any]
+
+    def run(self, actions: list[Action], data_iterator: Iterable[Any] | None) -> Tensor:
+        """Execute ``actions``; return the summed ``[loss_sum, num_tokens]`` of this rank (zeros off the loss stage)."""
+        self._records: dict[int, _Record] = {}
+        self._data = data_iterator
+        self._reported = torch.zeros(2, dtype=torch.float32)
+        handlers: dict[ActionKind, Callable[[Action], None]] = {
+            ActionKind.RECV_F: self._recv_forward,
+            ActionKind.F: self._forward,
+            ActionKind.SEND_F: self._send_forward,
+            ActionKind.RECV_B: self._recv_backward,
+            ActionKind.B: self._backward,
+            ActionKind.SEND_B: self._send_backward,
+        }
+        for index, action in enumerate(actions):
+            try:
+                handlers[action.kind](action)
+            except Exception:
+                logger.error("rank %d failed at %s:\n%s", self.communicator.rank, action, _format(actions, index))
+                raise
+        with self.timers("comm-wait"):
+            self.communicator.wait_all()
+        return self._reported
+
+    def _record(self, action: Action) -> _Record:
+        return self._records.setdefault(action.microbatch, _Record())
+
+    def _recv_forward(self, action: Action) -> None:
+        with self.timers("comm-wait"):
+            self._record(action).inputs = self.communicator.recv_forward(microbatch=action.microbatch)
+
+    def _forward(self, action: Action) -> None:
+        record = self._record(action)
+        output, loss_fn = self.forward_step(self._data, BoundStage(self.stage, record.inputs))
+        if loss_fn is not None:
+            total_loss, _, report = loss_fn(output)
+            self._reported += report["lm loss"].detach().float().cpu()
+            output = total_loss
+        record.output = output
+
+    def _send_forward(self, action: Action) -> None:
+        record = self._record(action)
+        assert isinstance(record.output, dict), f"{action}: only dict outputs are sent"
+        self.communicator.send_forward(record.output, microbatch=action.microbatch)
+
+    def _recv_backward(self, action: Action) -> None:
+        with self.timers("comm-wait"):
+            self._record(action).output_grads = self.communicator.recv_backward(microbatch=action.microbatch)
+
+    def _backward(self, action: Action) -> None:
+        record = self._record(action)
+        with self.timers("backward"):
+            record.input_grads = backward_step_multimodule(record.inputs, record.output, record.output_grads)
+        # Nothing of this microbatch is needed after its gradients are out except what SEND_B sends.
+        record.inputs, record.output, record.output_grads = {}, None, None
+
+    def _send_backward(self, action: Action) -> None:
+        record = self._records.pop(action.microbatch)
+        self.communicator.send_backward(record.input_grads, microbatch=action.microbatch)
+
+
+def _format(actions: list[Action], failed: int) -> str:
+    return "\n".join(f"  {action}{'  <-- failed here' if i == failed else ''}" for i, action in enumerate(actions))

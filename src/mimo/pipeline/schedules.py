@@ -78,6 +78,9 @@ def build_train_schedule(
         raise ValueError(f"num_microbatches must be positive, got {num_microbatches}")
     backward = _resolve_backward(topology, backward_modules)
     if placement_of(layouts) is Placement.COLOCATED:
+        pipelined = {name: layout.pp for name, layout in layouts.items() if layout.pp != 1}
+        if pipelined:
+            raise ValueError(f"colocated modules must have pp == 1, got pp {pipelined}")
         ranks = next(iter(layouts.values())).ranks
         order = _colocated_order(topology, num_microbatches, backward)
         return {rank: list(order) for rank in ranks}

@@ -104,6 +104,9 @@ def test_train_schedule_input_errors() -> None:
         build_train_schedule(IMG1_LANG2, topology, 0)
     with pytest.raises(ValueError, match=r"extra in the topology \['audio'\]"):
         build_train_schedule(IMG1_LANG2, default_topology(["images", "audio", "language"]), 2)
+    colocated_pipeline = {"images": L(pp=2), "language": L(pp=2)}
+    with pytest.raises(ValueError, match=r"colocated modules must have pp == 1, got pp \{'images': 2, 'language': 2\}"):
+        build_train_schedule(colocated_pipeline, default_topology(list(colocated_pipeline)), 2)
 
 
 def test_eval_schedule_is_forward_only_with_forward_comms() -> None:

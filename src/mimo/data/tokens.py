@@ -44,7 +44,9 @@ def tokens_per_sample(name: str, modality: ModalityConfig, inputs: dict[str, dic
         items = kwargs[_ITEMS_PER_SAMPLE].to(torch.long)
         counts = item_token_counts(where, encoder, kwargs)
         if int(items.sum()) != counts.shape[0]:
-            raise ValueError(f"{where}: items_per_sample sums to {int(items.sum())}, inputs hold {counts.shape[0]} items")
+            raise ValueError(
+                f"{where}: items_per_sample sums to {int(items.sum())}, inputs hold {counts.shape[0]} items"
+            )
         owner = torch.repeat_interleave(torch.arange(items.shape[0]), items)
         per_sample = torch.zeros(items.shape[0], dtype=torch.long).index_add_(0, owner, counts)
         total = per_sample if total is None else total + per_sample

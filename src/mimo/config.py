@@ -105,6 +105,19 @@ class TrainConfig:
 
 
 @dataclass(kw_only=True)
+class ModuleLayoutConfig:
+    """Where one module runs: ``dp`` replicas of ``pp`` pipeline stages on ranks from ``rank_offset``."""
+
+    dp: int = 1
+    pp: int = 1
+    tp: int = 1
+    """Tensor parallelism is not supported yet; must stay 1."""
+    rank_offset: int = 0
+    layers_per_stage: list[int] | None = None
+    """Transformer layers per pipeline stage; None spreads them evenly (earlier stages take the extra)."""
+
+
+@dataclass(kw_only=True)
 class MimoConfig:
     """A whole run."""
 
@@ -114,9 +127,19 @@ class MimoConfig:
     data: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    layout: dict[str, ModuleLayoutConfig] = field(default_factory=dict)
+    """Per-module layouts. Empty: every module on every rank (colocated), data parallel over all processes."""
+    topology: dict[str, list[str]] | None = None
+    """Activation edges ``module -> [successors]``; None: every modality feeds "language"."""
 
     def __post_init__(self) -> None:
         modules = self.model.module_names
+        if self.layout and set(self.layout) != set(modules):
+            unknown = sorted(set(self.layout) - set(modules))
+            missing = sorted(set(modules) - set(self.layout))
+            raise ValueError(
+                f"layout must name every module {modules} or none; unknown: {unknown}, missing: {missing}"
+            )
         for key in self.optim.modules:
             if key not in modules:
                 raise ValueError(f"optim.modules.{key}: unknown module {key!r}; modules are {modules}")

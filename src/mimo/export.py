@@ -1,20 +1,34 @@
-"""Consolidated weights as one safetensors file whose tensor names do not depend on the layout."""
+"""Consolidated weights as one safetensors file whose tensor names do not depend on the layout.
+
+Every rank holds the part of the model its layout gives it, under the full model's names
+(``language.layers.3.attention...``, ``modalities.images...``); replica 0 of each stage contributes its tensors and
+rank 0 writes the union, so files from any two layouts can be compared name by name.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+if TYPE_CHECKING:
+    from mimo.training.trainer import Trainer
 
-def export_safetensors(model: nn.Module, path: str | Path) -> Path:
-    """Write every parameter and buffer of ``model`` (names like ``language.layers.0.attn.qkv.weight``)."""
+
+def save_safetensors(tensors: dict[str, Tensor], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    save_file(tensors, str(path), metadata={"format": "mimo"})
+    contiguous = {name: tensor.detach().cpu().contiguous() for name, tensor in sorted(tensors.items())}
+    save_file(contiguous, str(path), metadata={"format": "mimo"})
     return path
+
+
+def export_safetensors(model: nn.Module, path: str | Path) -> Path:
+    """Write every parameter and buffer of a whole model held by one process."""
+    return save_safetensors(model.state_dict(), path)
 
 
 def load_safetensors(path: str | Path) -> dict[str, Tensor]:
@@ -22,3 +36,23 @@ def load_safetensors(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise ValueError(f"weights file {str(path)!r} does not exist")
     return load_file(str(path))
+
+
+def export_consolidated(trainer: Trainer, path: str | Path) -> Path | None:
+    """Gather the whole model's weights from every rank and write them on rank 0 (returns None elsewhere)."""
+    role = trainer.engine.role
+    is_first_replica = all(role.dp_rank[module] == 0 for module in trainer.engine.modules)
+    local = {name: t.detach().cpu() for name, t in trainer.model.state_dict().items()} if is_first_replica else {}
+    if not dist.is_initialized():
+        return save_safetensors(local, path)
+    gathered: list[dict[str, Tensor]] | None = [{} for _ in range(dist.get_world_size())] if dist.get_rank() == 0 else None
+    dist.gather_object(local, gathered, dst=0)
+    if gathered is None:
+        return None
+    merged: dict[str, Tensor] = {}
+    for part in gathered:
+        duplicated = sorted(set(part) & set(merged))
+        if duplicated:
+            raise RuntimeError(f"two ranks export the same tensors {duplicated[:5]}: the layout overlaps")
+        merged.update(part)
+    return save_safetensors(merged, path)

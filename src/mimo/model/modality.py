@@ -1,4 +1,9 @@
-"""One modality: its encoders, whose rows are merged per sample, then one projection to the LM hidden size."""
+"""One modality: its encoders, whose rows are merged per sample, then one projection to the LM hidden size.
+
+A pipeline stage may hold a slice of a modality: every encoder's blocks of one layer range, the encoders'
+embeddings only on the first stage, their final norms and the projection only on the last. The per-encoder
+state between the parts is ``(hidden, aux)`` as the encoders' ``embed`` returns it.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,26 @@ from torch import Tensor, nn
 
 from mimo.model.audio import AudioEncoder
 from mimo.model.configs import AudioEncoderConfig, EncoderConfig, ModalityConfig, VisionEncoderConfig
+from mimo.model.encoder_layers import missing_part_error
 from mimo.model.types import EncoderOutput
 from mimo.model.vision import VisionEncoder
 
-__all__ = ["ModalitySubmodule", "build_encoder", "merge_per_sample"]
+__all__ = ["EncoderStates", "ModalitySubmodule", "build_encoder", "merge_per_sample"]
+
+Encoder = VisionEncoder | AudioEncoder
+
+EncoderStates = dict[str, tuple[Tensor, dict[str, Tensor]]]
+"""``{encoder name: (hidden [N, L, D], aux)}`` between the embedding, the blocks and the final norm."""
 
 
-def build_encoder(config: EncoderConfig) -> nn.Module:
-    """The built-in encoder for an encoder config."""
+def build_encoder(
+    config: EncoderConfig, *, layers: range | None = None, has_embedding: bool = True, has_head: bool = True
+) -> Encoder:
+    """The built-in encoder (or the slice of it holding ``layers``) for an encoder config."""
     if isinstance(config, VisionEncoderConfig):
-        return VisionEncoder(config)
+        return VisionEncoder(config, layers=layers, has_embedding=has_embedding, has_head=has_head)
     if isinstance(config, AudioEncoderConfig):
-        return AudioEncoder(config)
+        return AudioEncoder(config, layers=layers, has_embedding=has_embedding, has_head=has_head)
     raise ValueError(f"unsupported encoder config type {type(config).__name__}")
 
 
@@ -50,34 +63,81 @@ def merge_per_sample(outputs: list[EncoderOutput]) -> EncoderOutput:
 
 
 class ModalitySubmodule(nn.Module):
-    """Encoders (``self.encoders``) + projection (``self.projection``) into the language model's hidden size."""
+    """Encoders (``self.encoders``) + projection (``self.projection``) into the language model's hidden size.
 
-    def __init__(self, config: ModalityConfig, language_hidden_size: int) -> None:
+    ``layers`` maps an encoder name to the range of its blocks this slice holds (all blocks when absent);
+    ``has_head`` brings the encoders' final norms and the projection. ``forward`` = ``embed`` -> ``run_layers``
+    -> ``finish``.
+    """
+
+    def __init__(
+        self,
+        config: ModalityConfig,
+        language_hidden_size: int,
+        *,
+        layers: dict[str, range] | None = None,
+        has_embedding: bool = True,
+        has_head: bool = True,
+    ) -> None:
         super().__init__()
+        layers = layers or {}
+        unknown = [name for name in layers if name not in config.encoders]
+        if unknown:
+            raise ValueError(f"layer ranges for unknown encoder(s) {unknown}; this modality has {list(config.encoders)}")
         self.config = config
-        self.encoders = nn.ModuleDict({name: build_encoder(enc) for name, enc in config.encoders.items()})
-        self.projection = nn.Sequential(
-            nn.Linear(config.encoder_hidden_size, language_hidden_size),
-            nn.GELU(),
-            nn.Linear(language_hidden_size, language_hidden_size),
+        self.encoders = nn.ModuleDict(
+            {
+                name: build_encoder(enc, layers=layers.get(name), has_embedding=has_embedding, has_head=has_head)
+                for name, enc in config.encoders.items()
+            }
+        )
+        self.projection = (
+            nn.Sequential(
+                nn.Linear(config.encoder_hidden_size, language_hidden_size),
+                nn.GELU(),
+                nn.Linear(language_hidden_size, language_hidden_size),
+            )
+            if has_head
+            else None
         )
 
-    def encode(self, encoder_inputs: dict[str, dict[str, Tensor]]) -> EncoderOutput:
-        """Run every encoder on its inputs and merge the rows per sample (not projected)."""
+    def embed(self, encoder_inputs: dict[str, dict[str, Tensor]]) -> EncoderStates:
+        """Check that every encoder (and only those) has inputs with ``items_per_sample``, and embed them."""
         missing = [name for name in self.encoders if name not in encoder_inputs]
         if missing:
             raise ValueError(f"no inputs for encoder(s) {missing}; got inputs for {sorted(encoder_inputs)}")
         unknown = [name for name in encoder_inputs if name not in self.encoders]
         if unknown:
             raise ValueError(f"inputs for unknown encoder(s) {unknown}; this modality has {list(self.encoders)}")
-        outputs = []
+        states = {}
         for name, encoder in self.encoders.items():
             if "items_per_sample" not in encoder_inputs[name]:
                 raise ValueError(f"inputs of encoder {name!r} lack 'items_per_sample': {sorted(encoder_inputs[name])}")
-            outputs.append(encoder(**encoder_inputs[name]))
-        return merge_per_sample(outputs)
+            states[name] = encoder.embed(**encoder_inputs[name])
+        return states
+
+    def run_layers(self, states: EncoderStates) -> EncoderStates:
+        """Run every encoder's held blocks on its hidden states."""
+        return {name: (encoder.run_layers(*states[name]), states[name][1]) for name, encoder in self.encoders.items()}
+
+    def merge(self, states: EncoderStates) -> EncoderOutput:
+        """Each encoder's final norm and valid rows, merged per sample (not projected)."""
+        return merge_per_sample([encoder.finish(*states[name]) for name, encoder in self.encoders.items()])
+
+    def project(self, merged: EncoderOutput) -> EncoderOutput:
+        """Project merged rows to ``[sum_tokens, language_hidden_size]``."""
+        if self.projection is None:
+            raise missing_part_error("ModalitySubmodule", "has_head", "project")
+        return EncoderOutput(self.projection(merged.embeddings), merged.tokens_per_sample)
+
+    def finish(self, states: EncoderStates) -> EncoderOutput:
+        """Final norms, merge per sample and projection: what the modality's last stage emits."""
+        return self.project(self.merge(states))
+
+    def encode(self, encoder_inputs: dict[str, dict[str, Tensor]]) -> EncoderOutput:
+        """Run every encoder on its inputs and merge the rows per sample (not projected)."""
+        return self.merge(self.run_layers(self.embed(encoder_inputs)))
 
     def forward(self, encoder_inputs: dict[str, dict[str, Tensor]]) -> EncoderOutput:
         """Encode, merge per sample and project to ``[sum_tokens, language_hidden_size]``."""
-        merged = self.encode(encoder_inputs)
-        return EncoderOutput(self.projection(merged.embeddings), merged.tokens_per_sample)
+        return self.project(self.encode(encoder_inputs))

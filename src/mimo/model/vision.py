@@ -1,4 +1,7 @@
-"""A small ViT-style image encoder that emits sample-major patch rows."""
+"""A small ViT-style image encoder that emits sample-major patch rows; a pipeline stage may hold a slice of it.
+
+Shape legend: N = images, T = tokens (patches) per image, D = hidden size, B = samples.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +9,50 @@ import torch
 from torch import Tensor, nn
 
 from mimo.model.configs import VisionEncoderConfig
-from mimo.model.layers import TransformerBlock
+from mimo.model.encoder_layers import build_encoder_blocks, check_hidden, check_layer_range, missing_part_error
 from mimo.model.types import EncoderOutput, check_items_per_sample
 
 __all__ = ["VisionEncoder"]
 
 
 class VisionEncoder(nn.Module):
-    """Conv2d patch embedding + learned position embedding + bidirectional blocks + final RMSNorm."""
+    """Conv2d patch embedding + learned position embedding + bidirectional blocks + final RMSNorm.
 
-    def __init__(self, config: VisionEncoderConfig) -> None:
+    A slice holds the blocks of ``layers`` (keyed by global index, as in the full encoder), the embeddings only
+    with ``has_embedding`` and the final norm only with ``has_head``. ``forward`` = ``embed`` -> ``run_layers``
+    -> ``finish``; a pipeline splits those three calls over its stages and passes ``(hidden, aux)`` along.
+    """
+
+    aux_keys: tuple[str, ...] = ("items_per_sample",)
+    """Keys of the ``aux`` dict that ``embed`` returns and later stages need."""
+
+    def __init__(
+        self,
+        config: VisionEncoderConfig,
+        *,
+        layers: range | None = None,
+        has_embedding: bool = True,
+        has_head: bool = True,
+    ) -> None:
         super().__init__()
         self.config = config
-        self.patch_embedding = nn.Conv2d(
-            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        self.layer_indices = check_layer_range(layers, config.num_layers, "vision encoder")
+        self.patch_embedding = (
+            nn.Conv2d(config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size)
+            if has_embedding
+            else None
         )
-        self.position_embedding = nn.Embedding(config.tokens_per_image, config.hidden_size)
-        self.layers = nn.ModuleList(
-            TransformerBlock(config.hidden_size, config.num_heads, config.mlp_ratio, causal=False)
-            for _ in range(config.num_layers)
-        )
-        self.norm = nn.RMSNorm(config.hidden_size)
+        self.position_embedding = nn.Embedding(config.tokens_per_image, config.hidden_size) if has_embedding else None
+        self.layers = build_encoder_blocks(self.layer_indices, config.hidden_size, config.num_heads, config.mlp_ratio)
+        self.norm = nn.RMSNorm(config.hidden_size) if has_head else None
+
+    @property
+    def has_embedding(self) -> bool:
+        return self.patch_embedding is not None
+
+    @property
+    def has_head(self) -> bool:
+        return self.norm is not None
 
     @property
     def expected_image_shape(self) -> tuple[int, int, int]:
@@ -34,19 +60,38 @@ class VisionEncoder(nn.Module):
         return (self.config.num_channels, self.config.image_size, self.config.image_size)
 
     def forward(self, pixel_values: Tensor, items_per_sample: Tensor) -> EncoderOutput:
-        """Encode ``[N_img, C, H, W]`` images (in sample order) into ``[N_img * tokens_per_image, hidden]`` rows."""
+        """Encode ``[N, C, H, W]`` images (in sample order) into ``[N * tokens_per_image, D]`` rows."""
+        hidden_NTD, aux = self.embed(pixel_values, items_per_sample)
+        return self.finish(self.run_layers(hidden_NTD, aux), aux)
+
+    def embed(self, pixel_values: Tensor, items_per_sample: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Check the inputs and embed them: ``[N, T, D]`` patch embeddings and ``{"items_per_sample": [B]}``."""
+        if self.patch_embedding is None or self.position_embedding is None:
+            raise missing_part_error("VisionEncoder", "has_embedding", "embed")
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != self.expected_image_shape:
             raise ValueError(
                 f"pixel_values must have shape [N, {', '.join(map(str, self.expected_image_shape))}], "
                 f"got {list(pixel_values.shape)}"
             )
-        num_images = pixel_values.shape[0]
-        check_items_per_sample(items_per_sample, num_images, "images")
+        check_items_per_sample(items_per_sample, pixel_values.shape[0], "images")
         # [N, D, h, w] -> [N, h*w, D]: patches in row-major order, each image's rows contiguous.
-        patches = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
+        patches_NTD = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
         positions = torch.arange(self.config.tokens_per_image, device=pixel_values.device)
-        hidden = patches + self.position_embedding(positions)
-        for layer in self.layers:
-            hidden = layer(hidden)
-        embeddings = self.norm(hidden).reshape(num_images * self.config.tokens_per_image, self.config.hidden_size)
-        return EncoderOutput(embeddings, items_per_sample.to(torch.long) * self.config.tokens_per_image)
+        hidden_NTD = patches_NTD + self.position_embedding(positions)
+        return hidden_NTD, {"items_per_sample": items_per_sample.to(torch.long)}
+
+    def run_layers(self, hidden_NTD: Tensor, aux: dict[str, Tensor]) -> Tensor:
+        """Run the held blocks on ``[N, T, D]`` (``aux`` is unused: every patch of every image is valid)."""
+        del aux
+        check_hidden(hidden_NTD, self.config.hidden_size, "vision encoder")
+        for layer in self.layers.values():
+            hidden_NTD = layer(hidden_NTD)
+        return hidden_NTD
+
+    def finish(self, hidden_NTD: Tensor, aux: dict[str, Tensor]) -> EncoderOutput:
+        """Final norm, then one row per patch in sample order, and the per-sample row counts."""
+        if self.norm is None:
+            raise missing_part_error("VisionEncoder", "has_head", "finish")
+        tokens = self.config.tokens_per_image
+        embeddings = self.norm(hidden_NTD).reshape(hidden_NTD.shape[0] * tokens, self.config.hidden_size)
+        return EncoderOutput(embeddings, aux["items_per_sample"].to(torch.long) * tokens)

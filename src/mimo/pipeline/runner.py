@@ -62,6 +62,8 @@ class StageRunner:
     communicator: MultiModulePipelineCommunicator
     forward_step: Callable[[Iterable[Any] | None, Any], tuple[Any, Any]]
     timers: Callable[[str], Any]
+    grad_enabled: bool = True
+    """False for a stage that runs no backward (frozen, nothing trainable upstream): no graph is kept."""
 
     def run(self, actions: list[Action], data_iterator: Iterable[Any] | None) -> Tensor:
         """Execute ``actions``; return the summed ``[loss_sum, num_tokens]`` of this rank (zeros off the loss stage)."""
@@ -95,7 +97,8 @@ class StageRunner:
 
     def _forward(self, action: Action) -> None:
         record = self._record(action)
-        output, loss_fn = self.forward_step(self._data, BoundStage(self.stage, record.inputs))
+        with torch.set_grad_enabled(self.grad_enabled):
+            output, loss_fn = self.forward_step(self._data, BoundStage(self.stage, record.inputs))
         if loss_fn is not None:
             total_loss, _, report = loss_fn(output)
             self._reported += report["lm loss"].detach().float().cpu()

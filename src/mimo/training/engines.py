@@ -1,0 +1,106 @@
+"""How one rank runs the forward and backward passes of one step, for the two kinds of layout.
+
+- ``FusedEngine``: every rank holds every module whole (colocated layouts): each microbatch runs the whole
+  ``MimoModel`` forward then backward, and hand-offs between modules are plain tensors in one autograd graph.
+- ``PipelineEngine``: a rank holds one stage of one module (non-colocated layouts): it executes its action list
+  from the multi-module 1F1B schedule, exchanging ``{module: tensor}`` dicts with its neighbours.
+
+Both run ``forward_step`` for every microbatch and return this rank's summed ``[loss_sum, num_tokens]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mimo.comm.multimodule import MultiModulePipelineCommunicator
+from mimo.comm.routing import RoutingPlan
+from mimo.config import MimoConfig
+from mimo.model import MimoModel
+from mimo.model.configs import LANGUAGE_MODULE
+from mimo.model.stages import LanguageStage, ModalityStage
+from mimo.parallel.layout import role_of
+from mimo.pipeline.schedules import build_train_schedule
+from mimo.pipeline.runner import StageRunner
+from mimo.training.run_plan import RunPlan, layer_ranges
+
+ForwardStep = Callable[[Iterable[Any] | None, Any], tuple[Any, Any]]
+
+
+class FusedEngine:
+    """The whole model on this rank, data parallel over all ranks."""
+
+    def __init__(self, cfg: MimoConfig, plan: RunPlan, *, rank: int, device: torch.device,
+                 forward_step: ForwardStep, timers: Callable[[str], Any]) -> None:
+        self.model: nn.Module = MimoModel(cfg.model, seed=cfg.train.seed).to(device)
+        self.modules = list(cfg.model.module_names)
+        self.role = role_of(rank, plan.layouts)
+        self.num_microbatches = cfg.train.num_microbatches
+        self._forward_step, self._timers = forward_step, timers
+
+    def loader_options(self) -> dict[str, Any] | None:
+        language = self.role.dp_rank[LANGUAGE_MODULE]
+        return {"dp_rank": language, "modalities": None, "include_text": True}
+
+    def run(self, microbatches: Iterable[Any] | None) -> Tensor:
+        reported = torch.zeros(2, dtype=torch.float32)
+        for _ in range(self.num_microbatches):
+            output, loss_fn = self._forward_step(microbatches, self.model)
+            total_loss, _, report = loss_fn(output)
+            with self._timers("backward"):
+                if total_loss.requires_grad:
+                    total_loss.backward()
+            reported += report["lm loss"].detach().float().cpu()
+        return reported
+
+
+class PipelineEngine:
+    """One stage of one module on this rank, driven by its action list."""
+
+    def __init__(self, cfg: MimoConfig, plan: RunPlan, *, rank: int, device: torch.device,
+                 forward_step: ForwardStep, timers: Callable[[str], Any]) -> None:
+        self.role = role_of(rank, plan.layouts)
+        (self.module,) = self.role.modules
+        stage, num_stages = self.role.stages[self.module], plan.layouts[self.module].pp
+        self.modules = [self.module]
+        self.model = _build_stage(cfg, self.module, stage, num_stages).to(device)
+        communicator = MultiModulePipelineCommunicator(
+            rank=rank,
+            module=self.module,
+            stage=stage,
+            routing=RoutingPlan(plan.layouts, plan.topology, cfg.train.micro_batch_size),
+            backward_modules=plan.backward_modules,
+            device=device,
+        )
+        schedule = build_train_schedule(
+            plan.layouts, plan.topology, cfg.train.num_microbatches, backward_modules=plan.backward_modules
+        )
+        self.actions = schedule[rank]
+        self.runner = StageRunner(
+            stage=self.model, communicator=communicator, forward_step=forward_step, timers=timers,
+            grad_enabled=self.module in plan.backward_modules,
+        )
+
+    def loader_options(self) -> dict[str, Any] | None:
+        """What this stage reads: tokens and labels for language stages, one modality's inputs for an encoder."""
+        if not self.model.needs_data:
+            return None
+        dp_rank = self.role.dp_rank[self.module]
+        if self.module == LANGUAGE_MODULE:
+            return {"dp_rank": dp_rank, "modalities": (), "include_text": True}
+        return {"dp_rank": dp_rank, "modalities": (self.module,), "include_text": False}
+
+    def run(self, microbatches: Iterable[Any] | None) -> Tensor:
+        return self.runner.run(self.actions, microbatches)
+
+
+def _build_stage(cfg: MimoConfig, module: str, stage: int, num_stages: int) -> nn.Module:
+    if module == LANGUAGE_MODULE:
+        layers = layer_ranges(cfg, module, num_stages)[stage]
+        return LanguageStage(cfg.model, stage=stage, num_stages=num_stages, layers=layers, seed=cfg.train.seed)
+    if num_stages > 1:
+        raise ValueError(f"layout.{module}.pp={num_stages}: encoder pipeline parallelism is not available yet")
+    return ModalityStage(cfg.model, module, seed=cfg.train.seed)

@@ -83,7 +83,9 @@ class ModalitySubmodule(nn.Module):
         layers = layers or {}
         unknown = [name for name in layers if name not in config.encoders]
         if unknown:
-            raise ValueError(f"layer ranges for unknown encoder(s) {unknown}; this modality has {list(config.encoders)}")
+            raise ValueError(
+                f"layer ranges for unknown encoder(s) {unknown}; this modality has {list(config.encoders)}"
+            )
         self.config = config
         self.encoders = nn.ModuleDict(
             {

@@ -23,7 +23,7 @@ def _reference_rows(encoder: AudioEncoder, clip: Tensor) -> Tensor:
     windows = clip.view(-1, ds, clip.shape[1])  # [L, ds, F]
     tokens = torch.einsum("lkf,dfk->ld", windows, conv.weight) + conv.bias
     hidden = (torch.nn.functional.gelu(tokens) + encoder.position_embedding.weight[: tokens.shape[0]]).unsqueeze(0)
-    for layer in encoder.layers:
+    for layer in encoder.layers.values():
         hidden = layer(hidden)
     return encoder.norm(hidden)[0]
 

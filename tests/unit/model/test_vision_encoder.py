@@ -20,7 +20,7 @@ def _reference_rows(encoder: VisionEncoder, image: Tensor) -> Tensor:
             block = image[:, r * patch : (r + 1) * patch, c * patch : (c + 1) * patch]
             patches.append((conv.weight * block).sum(dim=(1, 2, 3)) + conv.bias)
     hidden = (torch.stack(patches) + encoder.position_embedding.weight).unsqueeze(0)
-    for layer in encoder.layers:
+    for layer in encoder.layers.values():
         hidden = layer(hidden)
     return encoder.norm(hidden)[0]
 

@@ -17,16 +17,11 @@ from torch import Tensor, nn
 from mimo.model.configs import LANGUAGE_MODULE, MimoModelConfig
 from mimo.model.init import init_parameters
 from mimo.model.language import LanguageModel
-from mimo.model.mimo_model import LANGUAGE_PREFIX, modality_prefix
-from mimo.model.modality import ModalitySubmodule
+from mimo.model.mimo_model import LANGUAGE_PREFIX
+from mimo.model.modality_stage import ModalityStage, counts_key
 from mimo.model.splice import check_tokens_per_sample, splice_embeddings
 
 __all__ = ["LanguageStage", "ModalityStage", "counts_key", "is_metadata_key"]
-
-
-def counts_key(module: str) -> str:
-    """Key of the per-sample row counts that travel with ``module``'s activation."""
-    return f"{module}/tokens_per_sample"
 
 
 def is_metadata_key(key: str) -> bool:
@@ -81,27 +76,3 @@ class LanguageStage(nn.Module):
             hidden = inputs[LANGUAGE_MODULE]
         output = self.language(hidden, labels=labels)
         return output if self.is_loss_stage else {LANGUAGE_MODULE: output}
-
-
-class ModalityStage(nn.Module):
-    """A whole modality (encoders + projection) on one stage; emits its rows and per-sample counts."""
-
-    def __init__(self, config: MimoModelConfig, name: str, *, seed: int) -> None:
-        super().__init__()
-        self.module_name = name
-        self.stage, self.num_stages = 0, 1
-        self.modalities = nn.ModuleDict({name: ModalitySubmodule(config.modalities[name], config.language.hidden_size)})
-        init_parameters(self.modalities[name], seed=seed, prefix=modality_prefix(name))
-
-    is_first_stage = True
-    is_loss_stage = False
-    needs_data = True
-
-    def forward(
-        self, *, inputs: dict[str, Tensor], modality_inputs: dict[str, Any] | None = None, **unused: Any
-    ) -> dict[str, Tensor]:
-        name = self.module_name
-        if modality_inputs is None or name not in modality_inputs:
-            raise ValueError(f"the {name!r} encoder stage got no inputs for modality {name!r}")
-        output = self.modalities[name](modality_inputs[name])
-        return {name: output.embeddings, counts_key(name): output.tokens_per_sample}

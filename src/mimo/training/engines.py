@@ -101,6 +101,6 @@ def _build_stage(cfg: MimoConfig, module: str, stage: int, num_stages: int) -> n
     if module == LANGUAGE_MODULE:
         layers = layer_ranges(cfg, module, num_stages)[stage]
         return LanguageStage(cfg.model, stage=stage, num_stages=num_stages, layers=layers, seed=cfg.train.seed)
-    if num_stages > 1:
-        raise ValueError(f"layout.{module}.pp={num_stages}: encoder pipeline parallelism is not available yet")
-    return ModalityStage(cfg.model, module, seed=cfg.train.seed)
+    per_stage = cfg.layout[module].layers_per_stage if module in cfg.layout else None
+    return ModalityStage(cfg.model, module, stage=stage, num_stages=num_stages, layers_per_stage=per_stage,
+                         seed=cfg.train.seed)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from mimo.config import MimoConfig
 from mimo.model.configs import LANGUAGE_MODULE
+from mimo.model.modality_stage import split_encoder_layers
 from mimo.parallel.layout import ModuleLayout, Placement, validate_layouts
 from mimo.parallel.stage_split import split_layers
 from mimo.parallel.topology import Topology, default_topology
@@ -88,8 +89,7 @@ def _check_stage_split(cfg: MimoConfig, name: str, layout: ModuleLayout) -> None
         if name == LANGUAGE_MODULE:
             split_layers(cfg.model.language.num_layers, layout.pp, per_stage)
         else:
-            for encoder_name, encoder in cfg.model.modalities[name].encoders.items():
-                split_layers(encoder.num_layers, layout.pp, per_stage)
+            split_encoder_layers(cfg.model, name, layout.pp, per_stage)
     except ValueError as error:
         raise ValueError(f"layout.{name}: {error}") from None
 

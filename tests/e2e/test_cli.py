@@ -1,0 +1,104 @@
+"""The command line end to end: training, torchrun launches, exports, and clean failures on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mimo.export import load_safetensors
+from tests.parity.harness import relative_error
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+SGD = ["--set", "optim.default={name: sgd, lr: 0.3}", "--set", "optim.lr_schedule={decay: constant}",
+       "--set", "train.progress=false"]
+
+
+def mimo(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mimo", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def torchrun(nproc: int, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "mimo", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert relative_error(a[name], b[name]) <= 1e-5, name
+
+
+def test_default_recipe_trains_and_logs_every_step(tmp_path):
+    result = mimo("train", "--config", "configs/tiny_vlm.yaml", "--run-dir", str(tmp_path),
+                  "--set", "train.steps=40", "--set", "train.progress=false")
+    assert result.returncode == 0, result.stderr
+    rows = metrics(tmp_path)
+    assert [row["step"] for row in rows] == list(range(1, 41))
+    assert set(rows[0]) >= {"step", "loss", "grad_norm", "lr", "tokens", "step_time_s"}
+    assert rows[-1]["loss"] < 0.8 * rows[0]["loss"]
+    assert "loss" in result.stdout and "time per phase" in result.stdout
+
+
+def test_two_data_parallel_processes_match_one(tmp_path):
+    common = ["train", "--config", "configs/tiny_vlm.yaml", "--set", "train.steps=3", *SGD]
+    one = mimo(*common, "--run-dir", str(tmp_path / "one"), "--export", str(tmp_path / "one.safetensors"))
+    two = mimo(*common, "--nproc", "2", "--run-dir", str(tmp_path / "two"),
+               "--export", str(tmp_path / "two.safetensors"))
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    for a, b in zip(metrics(tmp_path / "one"), metrics(tmp_path / "two")):
+        assert abs(a["loss"] - b["loss"]) <= 1e-5 * a["loss"]
+    assert_same_weights(load_safetensors(tmp_path / "one.safetensors"), load_safetensors(tmp_path / "two.safetensors"))
+
+
+def test_heterogeneous_recipe_under_torchrun_matches_one_process(tmp_path):
+    common = ["train", "--config", "configs/tiny_vlm_hetero.yaml", "--set", "train.steps=3", *SGD]
+    hetero = torchrun(3, *common, "--run-dir", str(tmp_path / "hetero"), "--export", str(tmp_path / "h.safetensors"))
+    plain = mimo(*common, "--set", "layout={}", "--run-dir", str(tmp_path / "plain"),
+                 "--export", str(tmp_path / "p.safetensors"))
+    assert hetero.returncode == 0, hetero.stderr
+    assert plain.returncode == 0, plain.stderr
+    for a, b in zip(metrics(tmp_path / "hetero"), metrics(tmp_path / "plain")):
+        assert abs(a["loss"] - b["loss"]) <= 1e-5 * a["loss"]
+    assert_same_weights(load_safetensors(tmp_path / "h.safetensors"), load_safetensors(tmp_path / "p.safetensors"))
+
+
+RECIPE = "configs/tiny_vlm.yaml"
+
+
+@pytest.mark.parametrize(
+    ("recipe_text", "args", "message"),
+    [
+        (None, ["--config", "nope.yaml"], "config file 'nope.yaml' does not exist"),
+        ("train: [1, 2\n", [], "is not valid YAML"),
+        ("trian: {steps: 3}\n", [], "unknown key 'trian'"),
+        ("train: {steps: three}\n", [], "train.steps='three' is not a valid int"),
+        ("data: {num_samples: 0}\n", [], "dataset is empty"),
+        (None, ["--set", "train.global_batch_size=0"], "global_batch_size must be >= 1"),
+        (None, ["--set", "layout.language={pp: 2}", "--set", "layout.images={rank_offset: 2}"], "world_size is 1"),
+        (None, ["--set", "model.modalities.images.placeholder_id=99"], "placeholder_id=99 must be in"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_a_clear_message(tmp_path, recipe_text, args, message):
+    """``recipe_text`` None: the tiny recipe (later ``--config`` arguments win); else a file with that text."""
+    recipe = RECIPE
+    if recipe_text is not None:
+        recipe = str(tmp_path / "bad.yaml")
+        Path(recipe).write_text(recipe_text)
+    result = mimo("train", "--config", recipe, *args, "--run-dir", str(tmp_path / "run"), timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,8 +1,10 @@
-"""The data pipeline: sample format, synthetic dataset, collate, DP slicing and the per-rank loader."""
+"""The data pipeline: sample format, synthetic and file datasets, collate, DP slicing and the per-rank loader."""
 
 from __future__ import annotations
 
+from mimo.data.build import build_dataset
 from mimo.data.collate import collate
+from mimo.data.files import FILE_FORMAT, FILE_VERSION, FileDataset, save_samples
 from mimo.data.format import (
     FEATURES,
     IGNORE_INDEX,
@@ -25,12 +27,15 @@ from mimo.data.format import (
 from mimo.data.loader import MicrobatchLoader, SelectiveDataset
 from mimo.data.slicing import batch_size, shard_batch, shard_range, slice_batch
 from mimo.data.synthetic import SampleSpec, SyntheticMimoDataset
-from mimo.data.synthetic_config import SyntheticDataConfig
+from mimo.data.synthetic_config import DATA_SOURCES, SyntheticDataConfig
 from mimo.data.text_fields import build_text_fields
 from mimo.data.tokens import item_token_counts, modality_token_count, tokens_per_sample
 
 __all__ = [
+    "DATA_SOURCES",
     "FEATURES",
+    "FILE_FORMAT",
+    "FILE_VERSION",
     "IGNORE_INDEX",
     "INPUT_IDS",
     "ITEMS_PER_SAMPLE",
@@ -43,6 +48,7 @@ __all__ = [
     "TEXT_KEYS",
     "Batch",
     "EncoderInputs",
+    "FileDataset",
     "MicrobatchLoader",
     "ModalityInputs",
     "Sample",
@@ -51,10 +57,12 @@ __all__ = [
     "SyntheticDataConfig",
     "SyntheticMimoDataset",
     "batch_size",
+    "build_dataset",
     "build_text_fields",
     "collate",
     "item_token_counts",
     "modality_token_count",
+    "save_samples",
     "select_fields",
     "shard_batch",
     "shard_range",

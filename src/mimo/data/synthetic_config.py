@@ -1,10 +1,14 @@
-"""``SyntheticDataConfig``: the knobs of the synthetic, learnable multimodal task."""
+"""``SyntheticDataConfig``: where samples come from (synthetic or a file) and the knobs of the synthetic task."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["SyntheticDataConfig"]
+__all__ = ["DATA_SOURCES", "SyntheticDataConfig"]
+
+DATA_SOURCES = ("synthetic", "file")
+"""The values of ``data.source``."""
 
 
 def _require_int(name: str, value: object, minimum: int) -> None:
@@ -21,14 +25,25 @@ def _require_float(name: str, value: object, low: float, high: float | None) -> 
 
 @dataclass(kw_only=True, slots=True)
 class SyntheticDataConfig:
-    """Sizes and randomness of ``SyntheticMimoDataset``; the model config supplies shapes and token ids."""
+    """The data section of a run: sizes and randomness of ``SyntheticMimoDataset``, or a samples file.
+
+    With ``source="file"`` only ``path`` and ``seed`` (the loader's shuffling seed) matter; the other fields
+    describe the synthetic task and are ignored (the file fixes the number of samples and their seq_length).
+    The model config supplies shapes and token ids.
+    """
+
+    source: Literal["synthetic", "file"] = "synthetic"
+    """Where samples come from: generated (``SyntheticMimoDataset``) or read from ``path`` (``FileDataset``)."""
+    path: str | None = None
+    """The samples file written by ``mimo.data.save_samples``; required with source "file", unset otherwise."""
 
     num_samples: int = 2048
     """Length of the dataset (one epoch)."""
     seq_length: int = 48
     """Every sample is padded to this many tokens."""
     seed: int = 1234
-    """Sample i depends on (seed, i) only; the class templates on seed only."""
+    """Synthetic sample i depends on (seed, i) only, the class templates on seed only; also the loader's
+    shuffling seed, for either source."""
     min_text_tokens: int = 8
     """Fewest text tokens after the placeholders; the text length is drawn from [min, what fits]."""
     max_items_per_sample: int = 2
@@ -45,6 +60,7 @@ class SyntheticDataConfig:
     """Longest audio clip, in frames; None = the smallest max_frames of the modality's audio encoders."""
 
     def __post_init__(self) -> None:
+        self._check_source()
         if isinstance(self.num_samples, int) and not isinstance(self.num_samples, bool) and self.num_samples < 1:
             raise ValueError(f"data.num_samples must be >= 1, got {self.num_samples}: the dataset is empty")
         _require_int("num_samples", self.num_samples, 1)
@@ -60,3 +76,16 @@ class SyntheticDataConfig:
             _require_int("max_frames", self.max_frames, 1)
             if self.max_frames < self.min_frames:
                 raise ValueError(f"data.max_frames ({self.max_frames}) must be >= data.min_frames ({self.min_frames})")
+
+    def _check_source(self) -> None:
+        if self.source not in DATA_SOURCES:
+            raise ValueError(f"data.source must be one of {', '.join(map(repr, DATA_SOURCES))}, got {self.source!r}")
+        if self.source == "file" and (not isinstance(self.path, str) or not self.path):
+            raise ValueError(
+                f"data.source='file' needs data.path (the samples file to read), got data.path={self.path!r}"
+            )
+        if self.source == "synthetic" and self.path is not None:
+            raise ValueError(
+                f"data.path={self.path!r} is set but data.source='synthetic' ignores it; "
+                f"set data.source='file' to read samples from it, or remove data.path"
+            )

@@ -150,7 +150,7 @@ class MimoConfig:
                     f"optim.freeze entry {entry!r} is not a module ({', '.join(modules)}) "
                     f"or a modality part ('<modality>.encoders', '<modality>.projection')"
                 )
-        if self.data.seq_length > self.model.language.max_seq_len:
+        if self.data.source == "synthetic" and self.data.seq_length > self.model.language.max_seq_len:
             raise ValueError(
                 f"data.seq_length ({self.data.seq_length}) exceeds model.language.max_seq_len "
                 f"({self.model.language.max_seq_len})"

@@ -102,3 +102,42 @@ def test_bad_input_exits_non_zero_with_a_clear_message(tmp_path, recipe_text, ar
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _write_samples_file(path: Path, mutate) -> None:
+    """A samples file from the tiny recipe's synthetic data, with one sample broken by ``mutate``."""
+    from mimo.config import load_config
+    from mimo.data import FILE_FORMAT, FILE_VERSION, SyntheticMimoDataset
+
+    cfg = load_config(ROOT / RECIPE)
+    dataset = SyntheticMimoDataset(cfg.data, cfg.model)
+    samples = [dataset[i] for i in range(8)]
+    mutate(samples[3])
+    torch.save({"format": FILE_FORMAT, "version": FILE_VERSION, "samples": samples}, path)
+
+
+def _one_image_too_many_placeholders(sample: dict) -> None:
+    ids = sample["input_ids"]
+    ids[(ids != 1).nonzero()[0, 0]] = 1
+
+
+def _wrong_image_size(sample: dict) -> None:
+    pixels = sample["modality_inputs"]["images"]["vit"]["pixel_values"]
+    sample["modality_inputs"]["images"]["vit"]["pixel_values"] = torch.zeros(max(1, pixels.shape[0]), 3, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (_one_image_too_many_placeholders, "sample 3: modality 'images': input_ids hold 17 placeholder tokens"),
+        (_wrong_image_size, "expected pixel_values of shape [n_images, 3, 16, 16], received [1, 3, 8, 8]"),
+    ],
+)
+def test_bad_samples_in_a_data_file_are_named(tmp_path, mutate, message):
+    path = tmp_path / "samples.pt"
+    _write_samples_file(path, mutate)
+    result = mimo("train", "--config", RECIPE, "--set", "data.source=file", "--set", f"data.path={path}",
+                  "--run-dir", str(tmp_path / "run"), timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert str(path) in result.stderr and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from mimo.config import MimoConfig
-from mimo.data import MicrobatchLoader, SyntheticMimoDataset
+from mimo.data import MicrobatchLoader, build_dataset
 from mimo.distributed import DistributedContext
 from mimo.model.configs import LANGUAGE_MODULE
 from mimo.parallel.groups import build_module_groups
@@ -56,7 +56,7 @@ class Trainer:
             return None
         module = self.engine.modules[-1]
         return MicrobatchLoader(
-            SyntheticMimoDataset(self.cfg.data, self.cfg.model),
+            build_dataset(self.cfg.data, self.cfg.model),
             global_batch_size=self.cfg.train.global_batch_size,
             num_microbatches=self.cfg.train.num_microbatches,
             dp_size=self.plan.layouts[module].dp,

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from mimo.config import load_config
+from mimo.errors import TrainingError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"mimo: error: {error}", file=sys.stderr)
         return 2
+    except TrainingError as error:
+        print(f"mimo: error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

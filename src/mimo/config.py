@@ -85,7 +85,9 @@ class TrainConfig:
     """auto: CUDA when available (NCCL), else CPU (gloo)."""
     collective_timeout_s: float = 300.0
     progress: bool = True
-    """Show a progress bar (rank 0 only)."""
+    """Show a progress bar (on the rank that logs)."""
+    on_nonfinite: Literal["skip", "stop"] = "skip"
+    """A non-finite loss or gradient: skip the update on every rank, or stop the run (exit code 1)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "global_batch_size", "num_microbatches"):

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from mimo.comm.p2p import SendQueue, recv_dict, send_dict
+from mimo.errors import CommunicationError
 from mimo.comm.routing import Route, RoutingPlan, split_rows
 
 __all__ = ["MultiModulePipelineCommunicator"]
@@ -53,7 +54,7 @@ class MultiModulePipelineCommunicator:
     # forward ---------------------------------------------------------------------------------------------
     def recv_forward(self, *, microbatch: int) -> dict[str, Tensor]:
         """Inputs of this stage, keyed by source module (within a module: the previous stage's dict)."""
-        received = [recv_dict(r.transfer.src_rank, device=self.device) for r in self.routes_in]
+        received = [self._recv(r.transfer.src_rank, "receive activations", microbatch) for r in self.routes_in]
         if not self.is_bridge_in:
             inputs = received[0]
         else:
@@ -89,7 +90,7 @@ class MultiModulePipelineCommunicator:
     # backward --------------------------------------------------------------------------------------------
     def recv_backward(self, *, microbatch: int) -> dict[str, Tensor]:
         """Gradients of this stage's outputs, keyed like the outputs."""
-        received = [recv_dict(r.transfer.dst_rank, device=self.device) for r in self.routes_out]
+        received = [self._recv(r.transfer.dst_rank, "receive gradients", microbatch) for r in self.routes_out]
         if not self.is_bridge_out:
             return received[0]
         expected = self._out_rows.pop(microbatch)
@@ -129,4 +130,19 @@ class MultiModulePipelineCommunicator:
 
     def wait_all(self) -> None:
         """Complete every posted send (their buffers are held until then)."""
-        self.queue.wait_all()
+        try:
+            self.queue.wait_all()
+        except RuntimeError as error:
+            raise CommunicationError(
+                f"module {self.module!r} stage {self.stage}: completing sends to ranks {self.queue.peers()} failed "
+                f"({error})"
+            ) from error
+
+    def _recv(self, peer: int, operation: str, microbatch: int) -> dict[str, Tensor]:
+        try:
+            return recv_dict(peer, device=self.device)
+        except RuntimeError as error:
+            raise CommunicationError(
+                f"module {self.module!r} stage {self.stage}: {operation} of microbatch {microbatch} from rank "
+                f"{peer} failed: the peer died or did not answer within the collective timeout ({error})"
+            ) from error

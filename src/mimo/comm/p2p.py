@@ -28,16 +28,20 @@ _KEY_BYTES = 64
 class SendQueue:
     """Posted sends that have not been waited on yet, with the buffers they read from."""
 
-    _pending: list[tuple[dist.Work, torch.Tensor]] = field(default_factory=list)
+    _pending: list[tuple[dist.Work, torch.Tensor, int]] = field(default_factory=list)
 
     def post(self, tensor: torch.Tensor, dst: int, group: dist.ProcessGroup | None = None) -> None:
         tensor = tensor.detach().contiguous()
-        self._pending.append((dist.isend(tensor, dst=dst, group=group), tensor))
+        self._pending.append((dist.isend(tensor, dst=dst, group=group), tensor, dst))
 
     def wait_all(self) -> None:
-        for work, _ in self._pending:
+        for work, _, _ in self._pending:
             work.wait()
         self._pending.clear()
+
+    def peers(self) -> list[int]:
+        """Destination ranks of the sends not yet waited on."""
+        return sorted({dst for _, _, dst in self._pending})
 
     def __len__(self) -> int:
         return len(self._pending)

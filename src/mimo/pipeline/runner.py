@@ -19,7 +19,7 @@ from mimo.comm.multimodule import MultiModulePipelineCommunicator
 from mimo.pipeline.actions import Action, ActionKind
 from mimo.pipeline.backward import backward_step_multimodule
 
-__all__ = ["BoundStage", "StageRunner"]
+__all__ = ["BoundStage", "StageLosses", "StageRunner"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,20 @@ class BoundStage:
 
 
 @dataclass
+class StageLosses:
+    """This rank's share of a step's loss: the summed ``[loss_sum, num_tokens]`` (zeros off the loss stage)."""
+
+    reported: Tensor = field(default_factory=lambda: torch.zeros(2, dtype=torch.float32))
+    first_nonfinite_microbatch: int | None = None
+
+    def add(self, microbatch: int, report: Tensor) -> None:
+        report = report.detach().float().cpu()
+        if self.first_nonfinite_microbatch is None and not bool(torch.isfinite(report).all()):
+            self.first_nonfinite_microbatch = microbatch
+        self.reported += report
+
+
+@dataclass
 class _Record:
     inputs: dict[str, Tensor] = field(default_factory=dict)
     output: Tensor | dict[str, Tensor] | None = None
@@ -65,11 +79,11 @@ class StageRunner:
     grad_enabled: bool = True
     """False for a stage that runs no backward (frozen, nothing trainable upstream): no graph is kept."""
 
-    def run(self, actions: list[Action], data_iterator: Iterable[Any] | None) -> Tensor:
-        """Execute ``actions``; return the summed ``[loss_sum, num_tokens]`` of this rank (zeros off the loss stage)."""
+    def run(self, actions: list[Action], data_iterator: Iterable[Any] | None) -> StageLosses:
+        """Execute ``actions``; return this rank's losses (non-zero on the loss stage only)."""
         self._records: dict[int, _Record] = {}
         self._data = data_iterator
-        self._reported = torch.zeros(2, dtype=torch.float32)
+        self._losses = StageLosses()
         handlers: dict[ActionKind, Callable[[Action], None]] = {
             ActionKind.RECV_F: self._recv_forward,
             ActionKind.F: self._forward,
@@ -86,7 +100,7 @@ class StageRunner:
                 raise
         with self.timers("comm-wait"):
             self.communicator.wait_all()
-        return self._reported
+        return self._losses
 
     def _record(self, action: Action) -> _Record:
         return self._records.setdefault(action.microbatch, _Record())
@@ -101,7 +115,7 @@ class StageRunner:
             output, loss_fn = self.forward_step(self._data, BoundStage(self.stage, record.inputs))
         if loss_fn is not None:
             total_loss, _, report = loss_fn(output)
-            self._reported += report["lm loss"].detach().float().cpu()
+            self._losses.add(action.microbatch, report["lm loss"])
             output = total_loss
         record.output = output
 

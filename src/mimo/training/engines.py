@@ -5,7 +5,7 @@
 - ``PipelineEngine``: a rank holds one stage of one module (non-colocated layouts): it executes its action list
   from the multi-module 1F1B schedule, exchanging ``{module: tensor}`` dicts with its neighbours.
 
-Both run ``forward_step`` for every microbatch and return this rank's summed ``[loss_sum, num_tokens]``.
+Both run ``forward_step`` for every microbatch and return this rank's ``StepLosses``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from mimo.comm.multimodule import MultiModulePipelineCommunicator
 from mimo.comm.routing import RoutingPlan
@@ -24,7 +24,7 @@ from mimo.model.configs import LANGUAGE_MODULE
 from mimo.model.stages import LanguageStage, ModalityStage
 from mimo.parallel.layout import role_of
 from mimo.pipeline.schedules import build_train_schedule
-from mimo.pipeline.runner import StageRunner
+from mimo.pipeline.runner import StageLosses, StageRunner
 from mimo.training.run_plan import RunPlan, layer_ranges
 
 ForwardStep = Callable[[Iterable[Any] | None, Any], tuple[Any, Any]]
@@ -45,16 +45,16 @@ class FusedEngine:
         language = self.role.dp_rank[LANGUAGE_MODULE]
         return {"dp_rank": language, "modalities": None, "include_text": True}
 
-    def run(self, microbatches: Iterable[Any] | None) -> Tensor:
-        reported = torch.zeros(2, dtype=torch.float32)
-        for _ in range(self.num_microbatches):
+    def run(self, microbatches: Iterable[Any] | None) -> StageLosses:
+        losses = StageLosses()
+        for microbatch in range(self.num_microbatches):
             output, loss_fn = self._forward_step(microbatches, self.model)
             total_loss, _, report = loss_fn(output)
+            losses.add(microbatch, report["lm loss"])
             with self._timers("backward"):
                 if total_loss.requires_grad:
                     total_loss.backward()
-            reported += report["lm loss"].detach().float().cpu()
-        return reported
+        return losses
 
 
 class PipelineEngine:
@@ -93,7 +93,7 @@ class PipelineEngine:
             return {"dp_rank": dp_rank, "modalities": (), "include_text": True}
         return {"dp_rank": dp_rank, "modalities": (self.module,), "include_text": False}
 
-    def run(self, microbatches: Iterable[Any] | None) -> Tensor:
+    def run(self, microbatches: Iterable[Any] | None) -> StageLosses:
         return self.runner.run(self.actions, microbatches)
 
 

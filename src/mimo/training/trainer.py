@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -24,6 +26,9 @@ from mimo.model.configs import LANGUAGE_MODULE
 from mimo.parallel.groups import build_module_groups
 from mimo.training import grads
 from mimo.training.engines import FusedEngine, PipelineEngine
+from mimo.pipeline.runner import StageLosses
+from mimo.training.preemption import PreemptionHandler
+from mimo.errors import CommunicationError, NonFiniteError, TrainingError
 from mimo.training.metrics import MetricsLog, StepMetrics
 from mimo.training.mimo_step import forward_step, prepare_forward_step_func
 from mimo.training.optim import ModuleOptimizers, apply_freezing, lr_factor, trainable_parameters
@@ -49,6 +54,8 @@ class Trainer:
         self.params = [p for params in self.params_by_module.values() for p in params]
         self.optimizers = ModuleOptimizers(self.params_by_module, cfg.optim, total_steps=cfg.train.steps)
         self.loader = self._build_loader()
+        self.preemption: PreemptionHandler | None = None
+        self.stop_requested = False
 
     def _build_loader(self) -> MicrobatchLoader | None:
         options = self.engine.loader_options()
@@ -70,18 +77,22 @@ class Trainer:
         start = time.perf_counter()
         self.optimizers.zero_grad()
         microbatches = self.loader.next_step() if self.loader is not None else None
-        reported = self.engine.run(microbatches)
+        losses = self.engine.run(microbatches)
         with timers("grad-reduce"):
-            num_tokens, loss_sum = self._finalize_grads(reported)
+            totals, flags = self._reduce_step(losses)
+        loss_sum, num_tokens = totals[0].item(), int(totals[1].item())
+        module_norms = {m: math.sqrt(max(v.item(), 0.0)) / max(num_tokens, 1) if math.isfinite(v.item()) else math.inf
+                        for m, v in zip(self.all_modules, totals[2:])}
+        grad_norm = math.sqrt(sum(n * n for n in module_norms.values()))
+        loss = loss_sum / max(num_tokens, 1)
+        lr = self._language_lr()
+        self.stop_requested = bool(flags[1].item())
+        problem = self._nonfinite_problem(loss, module_norms, int(flags[0].item()) - 1)
         with timers("optimizer"):
-            grad_norm = self._global_grad_norm()
-            loss = loss_sum / max(num_tokens, 1)
-            lr = self._language_lr()
-            skipped = not (math.isfinite(grad_norm) and math.isfinite(loss))
-            if skipped:
-                train_state.skipped_steps += 1
-                logger.warning("step %d: non-finite loss or gradient norm, update skipped", train_state.step + 1)
+            if problem:
+                self._handle_nonfinite(problem)
             else:
+                grads.scale_grads(self.params, 1.0 / max(num_tokens, 1))
                 if self.cfg.optim.clip_grad > 0:
                     grads.clip_grads(self.params, self.cfg.optim.clip_grad, grad_norm)
                 self.optimizers.step()
@@ -89,28 +100,62 @@ class Trainer:
         train_state.consumed_samples += self.cfg.train.global_batch_size
         train_state.consumed_tokens += num_tokens
         return StepMetrics(step=train_state.step, loss=loss, grad_norm=grad_norm, lr=lr, tokens=num_tokens,
-                           step_time_s=time.perf_counter() - start, skipped=skipped)
+                           step_time_s=time.perf_counter() - start, skipped=bool(problem))
 
-    def _finalize_grads(self, reported: torch.Tensor) -> tuple[int, float]:
-        """Sum gradients over each module's DP group and the loss pair over the world; divide by the tokens."""
+    @property
+    def all_modules(self) -> list[str]:
+        return list(self.cfg.model.module_names)
+
+    def _reduce_step(self, losses: StageLosses) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum gradients over each module's DP group; then, over the world, sum ``[loss, tokens, norm^2 per
+        module]`` (only replica 0 of a module contributes its norm) and take the max of the flags
+        ``[first non-finite microbatch + 1, stop requested]``."""
         for module, params in self.params_by_module.items():
             grads.materialize_grads(params)
-            grads.all_reduce_grads(params, self.groups.dp_group(module))
+            with self._failure(f"module {module!r}: all-reduce of gradients over its data-parallel group"):
+                grads.all_reduce_grads(params, self.groups.dp_group(module))
+        norms = [grads.squared_norm(self.params_by_module.get(m, [])) if self._counts_norm(m) else torch.zeros(())
+                 for m in self.all_modules]
+        totals = torch.cat([losses.reported, torch.stack(norms).float()]).to(self.ctx.device)
+        bad = -1 if losses.first_nonfinite_microbatch is None else losses.first_nonfinite_microbatch
+        flags = torch.tensor([bad + 1, int(self.preemption.requested if self.preemption else False)],
+                             dtype=torch.float32, device=self.ctx.device)
         if dist.is_initialized():
-            dist.all_reduce(reported)  # only loss-stage ranks hold non-zeros
-        num_tokens = int(reported[1].item())
-        grads.scale_grads(self.params, 1.0 / max(num_tokens, 1))
-        return num_tokens, reported[0].item()
+            with self._failure("all-reduce of the step's loss, token count and gradient norms over all ranks"):
+                dist.all_reduce(totals)
+                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return totals.cpu(), flags.cpu()
 
-    def _global_grad_norm(self) -> float:
-        """Norm over every module and rank; data-parallel replicas hold equal gradients, so only replica 0 counts."""
-        local = [p for module, params in self.params_by_module.items()
-                 if self.engine.role.dp_rank[module] == 0 for p in params]
-        squared = grads.squared_norm(local)
-        if dist.is_initialized():
-            squared = squared.to(self.ctx.device)
-            dist.all_reduce(squared)
-        return math.sqrt(squared.item())
+    def _counts_norm(self, module: str) -> bool:
+        return self.engine.role.holds(module) and self.engine.role.dp_rank[module] == 0
+
+    def _nonfinite_problem(self, loss: float, module_norms: dict[str, float], bad_microbatch: int) -> str:
+        step = self.state.train_state.step + 1
+        if not math.isfinite(loss):
+            where = f" (first at microbatch {bad_microbatch})" if bad_microbatch >= 0 else ""
+            return f"step {step}: non-finite loss {loss} in module 'language'{where}"
+        bad = [m for m, n in module_norms.items() if not math.isfinite(n)]
+        return f"step {step}: non-finite gradient in module(s) {bad}" if bad else ""
+
+    def _handle_nonfinite(self, problem: str) -> None:
+        if self.cfg.train.on_nonfinite == "stop":
+            raise NonFiniteError(f"{problem}; stopping (train.on_nonfinite=stop)")
+        self.state.train_state.skipped_steps += 1
+        logger.warning("%s; update skipped on every rank (train.on_nonfinite=skip)", problem)
+
+    @contextmanager
+    def _failure(self, what: str) -> Iterator[None]:
+        """Turn a failed collective into a CommunicationError that says what this rank was doing."""
+        try:
+            yield
+        except RuntimeError as error:
+            if isinstance(error, TrainingError):
+                raise
+            role = ", ".join(f"{m} stage {s}" for m, s in self.engine.role.stages.items())
+            raise CommunicationError(
+                f"rank {self.ctx.rank} ({role}): {what} failed: a peer died or did not answer within "
+                f"train.collective_timeout_s={self.cfg.train.collective_timeout_s} ({error})"
+            ) from error
 
     def _language_lr(self) -> float:
         """The language model's scheduled learning rate for this step (known on every rank, frozen or not)."""
@@ -129,13 +174,17 @@ class Trainer:
             log = MetricsLog(Path(self.cfg.run_dir), total_steps=self.cfg.train.steps,
                              start_step=self.state.train_state.step, progress=self.cfg.train.progress)
         history = []
+        self.preemption = PreemptionHandler()
         try:
-            while self.state.train_state.step < self.cfg.train.steps:
+            while self.state.train_state.step < self.cfg.train.steps and not self.stop_requested:
                 metrics = self.train_step()
                 history.append(metrics)
                 if log is not None:
                     log.log(metrics)
+            if self.stop_requested and log is not None:
+                print(f"stopped after step {self.state.train_state.step} on SIGTERM")
         finally:
+            self.preemption.close()
             if log is not None:
                 log.close()
         if log is not None:

@@ -24,10 +24,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--run-dir", help="where metrics go (overrides run_dir)")
     train.add_argument("--export", metavar="FILE", help="write the final weights as one safetensors file")
+    train.add_argument("--resume", metavar="CHECKPOINT",
+                       help="continue from 'latest' (in the run's checkpoint dir), a checkpoint folder or a root")
+    train.add_argument("--init-from", metavar="FILE", help="start from consolidated weights (safetensors)")
     train.add_argument(
         "--nproc", type=int, metavar="N",
         help="start N processes on this machine with torchrun (same as `torchrun --nproc-per-node N -m mimo ...`)",
     )
+    export = commands.add_parser("export", help="consolidate a checkpoint into one safetensors file")
+    export.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a root holding 'latest'")
+    export.add_argument("--out", required=True, metavar="FILE")
     return parser
 
 
@@ -35,14 +41,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.nproc is not None:
+    if args.command == "train" and args.nproc is not None:
         return _relaunch_with_torchrun(args.nproc, argv)
     try:
+        if args.command == "export":
+            from mimo.training.checkpoint_export import export_checkpoint
+
+            print(f"weights: {export_checkpoint(args.checkpoint, args.out)}")
+            return 0
         overrides = list(args.overrides) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
         config = load_config(args.config, overrides)
         from mimo.run import run_training  # deferred: parsing errors should not wait for torch to import
 
-        run_training(config, export_path=args.export)
+        resume = args.resume
+        if resume == "latest":
+            resume = config.checkpoint_dir  # the root: its 'latest' pointer names the checkpoint
+        run_training(config, export_path=args.export, resume=resume, init_from=args.init_from)
     except ValueError as error:
         print(f"mimo: error: {error}", file=sys.stderr)
         return 2

@@ -107,6 +107,29 @@ class TrainConfig:
 
 
 @dataclass(kw_only=True)
+class CheckpointConfig:
+    """When and where checkpoints are written (``<dir>/step_XXXXXXXX``, with a ``latest`` pointer)."""
+
+    dir: str | None = None
+    """Checkpoint root; None: ``<run_dir>/checkpoints``."""
+    every_steps: int = 0
+    """Save every N steps; 0: only at the end (and on SIGTERM)."""
+    at_end: bool = True
+    on_preemption: bool = True
+    """Save when SIGTERM stops the run."""
+    keep: int = 3
+    """Keep the newest K checkpoints, delete older ones."""
+    verify: Literal["checksums", "sizes"] = "checksums"
+    """Before loading, check every file's size and sha256 (or only sizes, faster for huge checkpoints)."""
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 0:
+            raise ValueError(f"every_steps must be >= 0, got {self.every_steps}")
+        if self.keep < 1:
+            raise ValueError(f"keep must be >= 1, got {self.keep}")
+
+
+@dataclass(kw_only=True)
 class ModuleLayoutConfig:
     """Where one module runs: ``dp`` replicas of ``pp`` pipeline stages on ranks from ``rank_offset``."""
 
@@ -129,10 +152,15 @@ class MimoConfig:
     data: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     layout: dict[str, ModuleLayoutConfig] = field(default_factory=dict)
     """Per-module layouts. Empty: every module on every rank (colocated), data parallel over all processes."""
     topology: dict[str, list[str]] | None = None
     """Activation edges ``module -> [successors]``; None: every modality feeds "language"."""
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return self.checkpoint.dir or str(Path(self.run_dir) / "checkpoints")
 
     def __post_init__(self) -> None:
         modules = self.model.module_names

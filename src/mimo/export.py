@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
@@ -56,3 +57,24 @@ def export_consolidated(trainer: Trainer, path: str | Path) -> Path | None:
             raise RuntimeError(f"two ranks export the same tensors {duplicated[:5]}: the layout overlaps")
         merged.update(part)
     return save_safetensors(merged, path)
+
+
+def load_consolidated(model: nn.Module, path: str | Path) -> None:
+    """Copy this rank's parameters from a consolidated safetensors file (the format ``export`` writes).
+
+    Tensors of other stages or modules in the file are ignored; a parameter of this rank that the file lacks, or
+    holds with another shape, is an error listing every such tensor.
+    """
+    tensors = load_safetensors(path)
+    problems = []
+    for name, parameter in model.named_parameters():
+        if name not in tensors:
+            problems.append(f"{name}: missing from the file")
+        elif tuple(tensors[name].shape) != tuple(parameter.shape):
+            problems.append(f"{name}: file has {list(tensors[name].shape)}, model has {list(parameter.shape)}")
+    if problems:
+        listed = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise ValueError(f"{path} does not fit this model ({len(problems)} tensors):\n  {listed}")
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            parameter.copy_(tensors[name].to(dtype=parameter.dtype, device=parameter.device))

@@ -13,12 +13,20 @@ from mimo.training.run_plan import plan_run
 from mimo.training.trainer import Trainer
 
 
-def run_training(config: MimoConfig, *, export_path: str | Path | None = None) -> list[StepMetrics]:
+def run_training(
+    config: MimoConfig,
+    *,
+    export_path: str | Path | None = None,
+    resume: str | None = None,
+    init_from: str | None = None,
+) -> list[StepMetrics]:
     # Validate the layout against the launch before joining any process group, so mistakes cannot hang.
     plan = plan_run(config, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     ctx = init_distributed(config.train.device, timeout_s=config.train.collective_timeout_s)
     try:
-        trainer = Trainer(config, ctx, plan)
+        trainer = Trainer(config, ctx, plan, init_from=init_from)
+        if resume is not None:
+            trainer.resume(resume)
         history = trainer.train()
         if export_path is not None:
             written = export_consolidated(trainer, export_path)

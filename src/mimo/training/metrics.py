@@ -44,6 +44,10 @@ class MetricsLog:
         self._bar.set_postfix(loss=f"{metrics.loss:.4f}", tok_s=f"{metrics.tokens_per_s:,.0f}")
         self._bar.update(1)
 
+    def write(self, message: str) -> None:
+        """A line of text that does not break the progress bar."""
+        self._bar.write(message)
+
     def close(self) -> None:
         self._bar.close()
         self._file.close()

@@ -84,6 +84,15 @@ class ModuleOptimizers:
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=False)
 
+    def set_steps_taken(self, steps: int) -> None:
+        """Put every LR schedule where it is after ``steps`` optimizer steps (used when resuming)."""
+        for name, scheduler in self.schedulers.items():
+            scheduler.last_epoch = steps
+            groups = self.optimizers[name].param_groups
+            for group, base_lr, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base_lr * factor(steps)
+            scheduler._last_lr = [group["lr"] for group in groups]
+
     def lrs(self) -> dict[str, float]:
         return {name: optimizer.param_groups[0]["lr"] for name, optimizer in self.optimizers.items()}
 

@@ -29,6 +29,8 @@ from mimo.training.engines import FusedEngine, PipelineEngine
 from mimo.pipeline.runner import StageLosses
 from mimo.training.preemption import PreemptionHandler
 from mimo.errors import CommunicationError, NonFiniteError, TrainingError
+from mimo.export import load_consolidated
+from mimo.training.checkpointing import Checkpointer, file_sha256
 from mimo.training.metrics import MetricsLog, StepMetrics
 from mimo.training.mimo_step import forward_step, prepare_forward_step_func
 from mimo.training.optim import ModuleOptimizers, apply_freezing, lr_factor, trainable_parameters
@@ -40,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 
 class Trainer:
-    def __init__(self, cfg: MimoConfig, ctx: DistributedContext, plan: RunPlan):
+    def __init__(self, cfg: MimoConfig, ctx: DistributedContext, plan: RunPlan, *, init_from: str | None = None):
         self.cfg, self.ctx, self.plan = cfg, ctx, plan
         self.state = GlobalState(cfg=cfg, timers=Timers(synchronize=ctx.synchronize))
         step_func = prepare_forward_step_func(forward_step, self.state)
@@ -48,6 +50,8 @@ class Trainer:
         self.engine = engine_type(cfg, plan, rank=ctx.rank, device=ctx.device, forward_step=step_func,
                                   timers=self.state.timers)
         self.model = self.engine.model
+        if init_from is not None:
+            load_consolidated(self.model, init_from)
         self.groups = build_module_groups(plan.layouts, ctx.rank)
         apply_freezing(self.model, [name for name in cfg.optim.freeze if name.split(".")[0] in self.engine.modules])
         self.params_by_module = trainable_parameters(self.model, self.engine.modules)
@@ -56,6 +60,10 @@ class Trainer:
         self.loader = self._build_loader()
         self.preemption: PreemptionHandler | None = None
         self.stop_requested = False
+        init_source = {"seed": cfg.train.seed, "init_from": init_from,
+                       "init_from_sha256": file_sha256(init_from) if init_from else None}
+        self.checkpointer = Checkpointer(self, cfg.checkpoint_dir, keep=cfg.checkpoint.keep,
+                                         verify_checksums=cfg.checkpoint.verify == "checksums", init_source=init_source)
 
     def _build_loader(self) -> MicrobatchLoader | None:
         options = self.engine.loader_options()
@@ -163,6 +171,19 @@ class Trainer:
         return base * lr_factor(self.state.train_state.step, total_steps=self.cfg.train.steps,
                                 schedule=self.cfg.optim.lr_schedule)
 
+    def _save(self, log: MetricsLog | None) -> int:
+        with self.state.timers("checkpoint"):
+            folder = self.checkpointer.save()
+        if log is not None:
+            log.write(f"checkpoint: {folder}")
+        return self.state.train_state.step
+
+    def resume(self, spec: str) -> None:
+        """Continue from a checkpoint ("latest", a checkpoint folder, or a checkpoint root)."""
+        folder = self.checkpointer.load(spec)
+        if self.is_logging_rank:
+            print(f"resumed from {folder} at step {self.state.train_state.step}")
+
     @property
     def is_logging_rank(self) -> bool:
         return self.ctx.rank == self.plan.loss_rank
@@ -175,12 +196,19 @@ class Trainer:
                              start_step=self.state.train_state.step, progress=self.cfg.train.progress)
         history = []
         self.preemption = PreemptionHandler()
+        saved_step = -1
         try:
             while self.state.train_state.step < self.cfg.train.steps and not self.stop_requested:
                 metrics = self.train_step()
                 history.append(metrics)
                 if log is not None:
                     log.log(metrics)
+                every = self.cfg.checkpoint.every_steps
+                if every and metrics.step % every == 0:
+                    saved_step = self._save(log)
+            ending = self.cfg.checkpoint.on_preemption if self.stop_requested else self.cfg.checkpoint.at_end
+            if ending and saved_step != self.state.train_state.step:
+                self._save(log)
             if self.stop_requested and log is not None:
                 print(f"stopped after step {self.state.train_state.step} on SIGTERM")
         finally:

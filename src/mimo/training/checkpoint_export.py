@@ -1,0 +1,37 @@
+"""``mimo export``: turn any checkpoint, from any layout, into one consolidated safetensors file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.distributed.checkpoint as dcp
+
+from mimo.checkpoint import CheckpointError, CheckpointStore, SafeFileSystemReader, check_compatible
+from mimo.checkpoint import read_json, read_tensor_shapes
+from mimo.config import config_from_dict
+from mimo.export import load_consolidated, save_safetensors
+from mimo.model import MimoModel
+from mimo.training.checkpointing import FORMAT, file_sha256
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
+    """Rebuild the whole model from a checkpoint (frozen weights from their recorded source) and write it."""
+    checkpoint = Path(checkpoint)
+    store = CheckpointStore(checkpoint)
+    folder = store.resolve(checkpoint)
+    store.verify(folder)
+    meta = read_json(folder / "meta.json")
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{folder / 'meta.json'} is not a {FORMAT} file")
+    cfg = config_from_dict(meta["config"])
+    source = meta["frozen_parameters_from"]
+    model = MimoModel(cfg.model, seed=source["seed"])
+    if source["init_from"]:
+        if file_sha256(source["init_from"]) != source["init_from_sha256"]:
+            raise CheckpointError(f"{source['init_from']} changed since the run started (sha256 differs)")
+        load_consolidated(model, source["init_from"])
+    found = read_tensor_shapes(folder / "dcp")
+    weights = {f"model.{name}": p.data for name, p in model.named_parameters() if f"model.{name}" in found}
+    check_compatible({k: (tuple(v.shape), v.dtype) for k, v in weights.items()}, found)
+    dcp.load(weights, storage_reader=SafeFileSystemReader(folder / "dcp"))
+    return save_safetensors(model.state_dict(), out)

@@ -1,0 +1,212 @@
+"""Saving and resuming a run with ``torch.distributed.checkpoint``, under keys that do not depend on the layout.
+
+What a checkpoint holds (``<root>/step_XXXXXXXX/``):
+
+- ``dcp/``: tensors only, keyed by full parameter names, so any layout can load what any other saved:
+  ``model.<param>`` (trainable parameters), ``optim.<param>.<state>`` (e.g. ``exp_avg``), and
+  ``rng.<module>.stage<s>.dp<d>`` (the CPU generator state of each rank, restored when the layout matches).
+- ``meta.json``: the train state (step, consumed samples and tokens), optimizer steps taken (which fixes every LR
+  schedule), the config, the layout it was saved with, and where frozen weights come from.
+- ``manifest.json``: size and sha256 of every file, written last; the folder is renamed into place only then.
+
+Frozen parameters are *referenced*, not saved: they never change, so they equal the run's initialization (the seed,
+or the ``--init-from`` file recorded with its sha256), which a resume rebuilds; only trainable parameters are stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import Tensor, nn
+
+from mimo.checkpoint import CheckpointError, CheckpointStore, SafeFileSystemReader, check_compatible, new_nonce
+from mimo.checkpoint import read_json, read_tensor_shapes, write_json
+
+if TYPE_CHECKING:
+    from mimo.training.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "mimo-checkpoint"
+VERSION = 1
+_OPTIMIZER_STATE_KEYS = {torch.optim.AdamW: ("step", "exp_avg", "exp_avg_sq"), torch.optim.SGD: ("momentum_buffer",)}
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _names(model: nn.Module) -> dict[nn.Parameter, str]:
+    return {parameter: name for name, parameter in model.named_parameters()}
+
+
+def _rng_key(trainer: Trainer) -> str:
+    role = trainer.engine.role
+    module = "+".join(trainer.engine.modules)
+    first = trainer.engine.modules[0]
+    return f"rng.{module}.stage{role.stages[first]}.dp{role.dp_rank[first]}"
+
+
+def tensor_state(trainer: Trainer) -> dict[str, Tensor]:
+    """This rank's tensors to save: trainable weights, optimizer state, RNG state."""
+    names = _names(trainer.model)
+    state = {f"model.{names[p]}": p.detach() for p in trainer.params}
+    for optimizer in trainer.optimizers.optimizers.values():
+        for parameter, entries in optimizer.state.items():
+            for key, value in entries.items():
+                if value is not None:
+                    tensor = value if isinstance(value, Tensor) else torch.tensor(value)
+                    state[f"optim.{names[parameter]}.{key}"] = tensor
+    state[_rng_key(trainer)] = torch.get_rng_state()
+    return state
+
+
+def _optimizer_template(trainer: Trainer) -> dict[str, Tensor]:
+    """Freshly allocated optimizer state tensors for every trainable parameter, to load into."""
+    names = _names(trainer.model)
+    template = {}
+    for optimizer in trainer.optimizers.optimizers.values():
+        keys = _OPTIMIZER_STATE_KEYS.get(type(optimizer), ())
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                for key in keys:
+                    value = torch.zeros((), dtype=torch.float32) if key == "step" else torch.zeros_like(parameter)
+                    template[f"optim.{names[parameter]}.{key}"] = value
+    return template
+
+
+class Checkpointer:
+    """Saves and loads one run's checkpoints under ``root``; every method is called on every rank."""
+
+    def __init__(self, trainer: Trainer, root: str | Path, *, keep: int, verify_checksums: bool,
+                 init_source: dict[str, Any]) -> None:
+        self.trainer = trainer
+        self.store = CheckpointStore(root)
+        self.keep, self.verify_checksums = keep, verify_checksums
+        self.init_source = init_source
+
+    # saving ----------------------------------------------------------------------------------------------
+    def save(self) -> Path:
+        """Write a checkpoint of the current step; returns its final folder (on every rank)."""
+        step = self.trainer.state.train_state.step
+        staging = self.store.staging_dir(step, _broadcast(new_nonce()))
+        dcp.save(tensor_state(self.trainer), checkpoint_id=staging / "dcp")
+        if _rank() == 0:
+            write_json(staging / "meta.json", self._meta())
+        _barrier()
+        final = self.store.root / staging.name  # placeholder until committed
+        if _rank() == 0:
+            final = self.store.commit(staging, step)
+            self.store.prune(self.keep)
+        final = Path(_broadcast(str(final)))
+        _barrier()
+        return final
+
+    def _meta(self) -> dict[str, Any]:
+        trainer = self.trainer
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "train_state": trainer.state.train_state.state_dict(),
+            "optimizer_steps": trainer.state.train_state.step - trainer.state.train_state.skipped_steps,
+            "config": dataclasses.asdict(trainer.cfg),
+            "layout": {name: dataclasses.asdict(layout) for name, layout in trainer.plan.layouts.items()},
+            "frozen_parameters_from": self.init_source,
+        }
+
+    # loading ---------------------------------------------------------------------------------------------
+    def load(self, spec: str | Path) -> Path:
+        """Resume from ``spec`` ("latest", a checkpoint folder, or a root holding ``latest``)."""
+        folder = self._resolve_and_verify(spec)
+        meta = read_json(folder / "meta.json")
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            raise CheckpointError(f"{folder / 'meta.json'}: not a {FORMAT} v{VERSION} checkpoint")
+        if meta.get("frozen_parameters_from") != self.init_source:
+            raise CheckpointError(
+                f"{folder}: frozen parameters came from {meta.get('frozen_parameters_from')}, this run initializes "
+                f"them from {self.init_source}; resume with the same seed and --init-from file"
+            )
+        self._load_tensors(folder / "dcp")
+        trainer = self.trainer
+        trainer.state.train_state.load_state_dict(meta["train_state"])
+        trainer.optimizers.set_steps_taken(int(meta["optimizer_steps"]))
+        if trainer.loader is not None:
+            trainer.loader.load_state_dict({"consumed_samples": trainer.state.train_state.consumed_samples})
+        return folder
+
+    def _resolve_and_verify(self, spec: str | Path) -> Path:
+        error, folder = None, None
+        if _rank() == 0:
+            try:
+                folder = self.store.resolve(spec)
+                self.store.verify(folder, checksums=self.verify_checksums)
+            except CheckpointError as caught:
+                error = str(caught)
+        error, folder = _broadcast((error, str(folder) if folder else None))
+        if error is not None:
+            raise CheckpointError(error)
+        return Path(folder)
+
+    def _load_tensors(self, dcp_dir: Path) -> None:
+        trainer = self.trainer
+        found = read_tensor_shapes(dcp_dir)
+        names = _names(trainer.model)
+        model_state = {f"model.{names[p]}": p.data for p in trainer.params}
+        expected = {**model_state, **_optimizer_template(trainer)}
+        present = {k: v for k, v in expected.items() if k in found}
+        check_compatible({k: (tuple(v.shape), v.dtype) for k, v in present.items()}, found)
+        absent = sorted(k for k in model_state if k not in found)
+        if absent:
+            raise CheckpointError(
+                f"{dcp_dir.parent}: no saved weights for {len(absent)} trainable parameters, e.g. {absent[:3]} "
+                "(were they frozen when it was saved?)"
+            )
+        rng_key = _rng_key(trainer)
+        if rng_key in found:
+            present[rng_key] = torch.get_rng_state()
+        dcp.load(present, storage_reader=SafeFileSystemReader(dcp_dir))
+        if rng_key in present:
+            torch.set_rng_state(present[rng_key])
+        else:
+            logger.info("checkpoint has no RNG state for %s (different layout): keeping this run's seed", rng_key)
+        self._apply_optimizer_state(present)
+
+    def _apply_optimizer_state(self, loaded: dict[str, Tensor]) -> None:
+        names = _names(self.trainer.model)
+        for optimizer in self.trainer.optimizers.optimizers.values():
+            keys = _OPTIMIZER_STATE_KEYS.get(type(optimizer), ())
+            for group in optimizer.param_groups:
+                for parameter in group["params"]:
+                    entries = {k: loaded[f"optim.{names[parameter]}.{k}"] for k in keys
+                               if f"optim.{names[parameter]}.{k}" in loaded}
+                    if entries:
+                        optimizer.state[parameter] = entries
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _broadcast(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

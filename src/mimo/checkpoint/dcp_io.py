@@ -1,7 +1,8 @@
 """Save and load tensor state dicts with DCP through the safe reader, with errors a user can read.
 
 DCP wraps every failure in ``CheckpointException``, a ``BaseException`` whose text is a traceback per rank;
-``load_tensors`` re-raises a ``CheckpointError`` found inside it as itself, so callers catch one error type.
+``load_tensors`` turns it into a ``CheckpointError`` (the first rank's own one if there is one), so callers catch
+one error type; the DCP exception stays attached as the cause.
 """
 
 from __future__ import annotations
@@ -49,10 +50,20 @@ def load_tensors(
         with _single_process_quiet():
             dcp.load(state_dict, storage_reader=SafeFileSystemReader(folder), process_group=process_group)
     except CheckpointException as wrapped:
-        user_errors = [error for _, (error, _) in sorted(wrapped.failures.items()) if isinstance(error, CheckpointError)]
-        if user_errors:
-            raise CheckpointError(str(user_errors[0])) from None
-        raise
+        raise _unwrapped(wrapped, folder) from wrapped
+
+
+def _unwrapped(wrapped: CheckpointException, folder: Path) -> CheckpointError:
+    """The first rank's failure as a CheckpointError (DCP's own exception is not even an ``Exception``)."""
+    failures = sorted(wrapped.failures.items())
+    for _, (error, _) in failures:
+        if isinstance(error, CheckpointError):
+            return error
+    rank, (error, _) = failures[0]
+    return CheckpointError(
+        f"loading {folder} failed on rank {rank} (damaged files? CheckpointStore.verify checks them): "
+        f"{type(error).__name__}: {error}"
+    )
 
 
 @contextmanager

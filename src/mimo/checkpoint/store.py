@@ -108,7 +108,9 @@ class CheckpointStore:
         manifest = read_manifest(folder)
         match = _FINAL.fullmatch(folder.name)
         if match and int(match.group(1)) != manifest.step:
-            raise CheckpointError(f"{folder / MANIFEST_NAME} says step {manifest.step}, but the folder is {folder.name}")
+            raise CheckpointError(
+                f"{folder / MANIFEST_NAME} says step {manifest.step}, but the folder is {folder.name}"
+            )
         verify_files(folder, manifest, checksums=checksums)
         return manifest
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import pytest
 
+import mimo.checkpoint
 from mimo.checkpoint import CheckpointError, CheckpointStore
 from tests.unit.checkpoint.helpers import commit_files, write_files
 
@@ -196,3 +199,63 @@ def test_prune_without_any_commit_keeps_staging_folders(tmp_path):
 def test_prune_rejects_keep_below_one(tmp_path, keep):
     with pytest.raises(ValueError, match=f"keep must be an integer >= 1, got {keep!r}"):
         CheckpointStore(tmp_path).prune(keep)
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_on_rename(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
+    """Make the ``call``-th os.rename inside the store raise, as if the process died right there."""
+    import mimo.checkpoint.store as store_module
+
+    real_rename = os.rename
+    calls = {"count": 0}
+
+    def rename(source, target):
+        calls["count"] += 1
+        if calls["count"] == call:
+            raise _Crash(f"crash before renaming {source}")
+        real_rename(source, target)
+
+    monkeypatch.setattr(store_module.os, "rename", rename)
+
+
+def test_a_crash_during_the_first_commit_of_a_step_leaves_latest_on_the_previous_checkpoint(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path)
+    previous = commit_files(store, 1, {"a": b"one"})
+    _crash_on_rename(monkeypatch, call=1)  # staging -> step_00000002
+    with pytest.raises(_Crash):
+        commit_files(store, 2, {"a": b"two"})
+    assert store.resolve("latest") == previous
+    assert store.verify(previous).step == 1
+
+
+@pytest.mark.parametrize("call", [1, 2])
+def test_a_crash_while_replacing_a_step_leaves_latest_on_a_complete_checkpoint(tmp_path, monkeypatch, call):
+    # call 1: before moving the old step_00000002 aside; call 2: after that, before renaming the staging folder.
+    store = CheckpointStore(tmp_path)
+    commit_files(store, 2, {"a": b"old"}, nonce="first")
+    _crash_on_rename(monkeypatch, call=call)
+    with pytest.raises(_Crash):
+        commit_files(store, 2, {"a": b"new"}, nonce="second")
+    monkeypatch.undo()
+    resumed = store.resolve("latest")
+    assert store.verify(resumed).step == 2
+    assert (resumed / "a").read_bytes() == b"new"  # the sealed staging folder is complete
+    leftovers = [path for path in tmp_path.iterdir() if path.name.startswith((".tmp-", ".old-"))]
+    final = commit_files(store, 3, {"a": b"three"})
+    committed_at = (final / "manifest.json").stat().st_mtime_ns
+    for path in leftovers:  # older than the newest commit even where file times are coarse
+        os.utime(path, ns=(committed_at - 10**9, committed_at - 10**9))
+    store.prune(1)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["latest", final.name]
+
+
+def test_the_store_files_do_not_import_torch():
+    package = Path(mimo.checkpoint.__file__).parent
+    for name in ("store.py", "manifest.py", "atomic.py", "errors.py"):
+        tree = ast.parse((package / name).read_text())
+        imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        imported += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
+        assert not [module for module in imported if module.split(".")[0] == "torch"], name

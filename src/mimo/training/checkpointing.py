@@ -18,6 +18,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,7 +104,8 @@ class Checkpointer:
         """Write a checkpoint of the current step; returns its final folder (on every rank)."""
         step = self.trainer.state.train_state.step
         staging = self.store.staging_dir(step, _broadcast(new_nonce()))
-        dcp.save(tensor_state(self.trainer), checkpoint_id=staging / "dcp")
+        with quiet_single_process():
+            dcp.save(tensor_state(self.trainer), checkpoint_id=staging / "dcp")
         if _rank() == 0:
             write_json(staging / "meta.json", self._meta())
         _barrier()
@@ -175,7 +179,8 @@ class Checkpointer:
         rng_key = _rng_key(trainer)
         if rng_key in found:
             present[rng_key] = torch.get_rng_state()
-        dcp.load(present, storage_reader=SafeFileSystemReader(dcp_dir))
+        with quiet_single_process():
+            dcp.load(present, storage_reader=SafeFileSystemReader(dcp_dir))
         if rng_key in present:
             torch.set_rng_state(present[rng_key])
         else:
@@ -192,6 +197,14 @@ class Checkpointer:
                                if f"optim.{names[parameter]}.{k}" in loaded}
                     if entries:
                         optimizer.state[parameter] = entries
+
+
+@contextmanager
+def quiet_single_process() -> Iterator[None]:
+    """DCP warns that it assumes one process when no group exists; that is exactly our single-process case."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def _rank() -> int:

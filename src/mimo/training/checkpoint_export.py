@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch.distributed.checkpoint as dcp
-
-from mimo.checkpoint import CheckpointError, CheckpointStore, SafeFileSystemReader, check_compatible
-from mimo.checkpoint import read_json, read_tensor_shapes
+from mimo.checkpoint import CheckpointError, CheckpointStore, load_tensors, read_json, read_tensor_shapes
 from mimo.config import config_from_dict
 from mimo.export import load_consolidated, save_safetensors
 from mimo.model import MimoModel
-from mimo.training.checkpointing import FORMAT, quiet_single_process, file_sha256
+from mimo.training.checkpointing import FORMAT, file_sha256
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
@@ -32,7 +29,5 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
         load_consolidated(model, source["init_from"])
     found = read_tensor_shapes(folder / "dcp")
     weights = {f"model.{name}": p.data for name, p in model.named_parameters() if f"model.{name}" in found}
-    check_compatible({k: (tuple(v.shape), v.dtype) for k, v in weights.items()}, found)
-    with quiet_single_process():
-        dcp.load(weights, storage_reader=SafeFileSystemReader(folder / "dcp"))
+    load_tensors(weights, folder / "dcp")
     return save_safetensors(model.state_dict(), out)

@@ -18,19 +18,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch import Tensor, nn
 
-from mimo.checkpoint import CheckpointError, CheckpointStore, SafeFileSystemReader, check_compatible, new_nonce
-from mimo.checkpoint import read_json, read_tensor_shapes, write_json
+from mimo.checkpoint import CheckpointError, CheckpointStore, load_tensors, new_nonce, read_json, read_tensor_shapes
+from mimo.checkpoint import save_tensors, write_json
 
 if TYPE_CHECKING:
     from mimo.training.trainer import Trainer
@@ -104,8 +100,7 @@ class Checkpointer:
         """Write a checkpoint of the current step; returns its final folder (on every rank)."""
         step = self.trainer.state.train_state.step
         staging = self.store.staging_dir(step, _broadcast(new_nonce()))
-        with quiet_single_process():
-            dcp.save(tensor_state(self.trainer), checkpoint_id=staging / "dcp")
+        save_tensors(tensor_state(self.trainer), staging / "dcp")
         if _rank() == 0:
             write_json(staging / "meta.json", self._meta())
         _barrier()
@@ -169,7 +164,6 @@ class Checkpointer:
         model_state = {f"model.{names[p]}": p.data for p in trainer.params}
         expected = {**model_state, **_optimizer_template(trainer)}
         present = {k: v for k, v in expected.items() if k in found}
-        check_compatible({k: (tuple(v.shape), v.dtype) for k, v in present.items()}, found)
         absent = sorted(k for k in model_state if k not in found)
         if absent:
             raise CheckpointError(
@@ -179,8 +173,7 @@ class Checkpointer:
         rng_key = _rng_key(trainer)
         if rng_key in found:
             present[rng_key] = torch.get_rng_state()
-        with quiet_single_process():
-            dcp.load(present, storage_reader=SafeFileSystemReader(dcp_dir))
+        load_tensors(present, dcp_dir)
         if rng_key in present:
             torch.set_rng_state(present[rng_key])
         else:
@@ -197,14 +190,6 @@ class Checkpointer:
                                if f"optim.{names[parameter]}.{k}" in loaded}
                     if entries:
                         optimizer.state[parameter] = entries
-
-
-@contextmanager
-def quiet_single_process() -> Iterator[None]:
-    """DCP warns that it assumes one process when no group exists; that is exactly our single-process case."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        yield
 
 
 def _rank() -> int:

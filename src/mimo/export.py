@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
+
+from mimo.checkpoint.errors import format_problems
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
@@ -73,8 +75,9 @@ def load_consolidated(model: nn.Module, path: str | Path) -> None:
         elif tuple(tensors[name].shape) != tuple(parameter.shape):
             problems.append(f"{name}: file has {list(tensors[name].shape)}, model has {list(parameter.shape)}")
     if problems:
-        listed = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
-        raise ValueError(f"{path} does not fit this model ({len(problems)} tensors):\n  {listed}")
+        # Shape mismatches before missing tensors: a wrong shape is the more telling clue.
+        problems.sort(key=lambda line: "missing" in line)
+        raise ValueError(format_problems(f"{path} does not fit this model ({len(problems)} tensors):", problems))
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             parameter.copy_(tensors[name].to(dtype=parameter.dtype, device=parameter.device))

@@ -172,7 +172,8 @@ class Trainer:
                                 schedule=self.cfg.optim.lr_schedule)
 
     def _save(self, log: MetricsLog | None) -> int:
-        with self.state.timers("checkpoint"):
+        step = self.state.train_state.step
+        with self.state.timers("checkpoint"), self._failure(f"saving the checkpoint of step {step}"):
             folder = self.checkpointer.save()
         if log is not None:
             log.write(f"checkpoint: {folder}")
@@ -196,7 +197,8 @@ class Trainer:
                              start_step=self.state.train_state.step, progress=self.cfg.train.progress)
         history = []
         self.preemption = PreemptionHandler()
-        saved_step = -1
+        # A resumed run starts at a step that already has a checkpoint.
+        saved_step = self.state.train_state.step if self.state.train_state.step > 0 else -1
         try:
             while self.state.train_state.step < self.cfg.train.steps and not self.stop_requested:
                 metrics = self.train_step()

@@ -38,12 +38,14 @@ class FusedEngine:
         self.model: nn.Module = MimoModel(cfg.model, seed=cfg.train.seed).to(device)
         self.modules = list(cfg.model.module_names)
         self.role = role_of(rank, plan.layouts)
+        self._dp_size = plan.layouts[LANGUAGE_MODULE].dp
         self.num_microbatches = cfg.train.num_microbatches
         self._forward_step, self._timers = forward_step, timers
 
     def loader_options(self) -> dict[str, Any] | None:
-        language = self.role.dp_rank[LANGUAGE_MODULE]
-        return {"dp_rank": language, "modalities": None, "include_text": True}
+        """Every field of this rank's data-parallel shard (all modules share one dp here)."""
+        return {"dp_rank": self.role.dp_rank[LANGUAGE_MODULE], "dp_size": self._dp_size, "modalities": None,
+                "include_text": True}
 
     def run(self, microbatches: Iterable[Any] | None) -> StageLosses:
         losses = StageLosses()
@@ -66,6 +68,7 @@ class PipelineEngine:
         (self.module,) = self.role.modules
         stage, num_stages = self.role.stages[self.module], plan.layouts[self.module].pp
         self.modules = [self.module]
+        self._dp_size = plan.layouts[self.module].dp
         self.model = _build_stage(cfg, self.module, stage, num_stages).to(device)
         communicator = MultiModulePipelineCommunicator(
             rank=rank,
@@ -88,10 +91,10 @@ class PipelineEngine:
         """What this stage reads: tokens and labels for language stages, one modality's inputs for an encoder."""
         if not self.model.needs_data:
             return None
-        dp_rank = self.role.dp_rank[self.module]
+        shard = {"dp_rank": self.role.dp_rank[self.module], "dp_size": self._dp_size}
         if self.module == LANGUAGE_MODULE:
-            return {"dp_rank": dp_rank, "modalities": (), "include_text": True}
-        return {"dp_rank": dp_rank, "modalities": (self.module,), "include_text": False}
+            return {**shard, "modalities": (), "include_text": True}
+        return {**shard, "modalities": (self.module,), "include_text": False}
 
     def run(self, microbatches: Iterable[Any] | None) -> StageLosses:
         return self.runner.run(self.actions, microbatches)

@@ -22,18 +22,18 @@ import torch.distributed as dist
 from mimo.config import MimoConfig
 from mimo.data import MicrobatchLoader, build_dataset
 from mimo.distributed import DistributedContext
-from mimo.model.configs import LANGUAGE_MODULE
-from mimo.parallel.groups import build_module_groups
-from mimo.training import grads
-from mimo.training.engines import FusedEngine, PipelineEngine
-from mimo.pipeline.runner import StageLosses
-from mimo.training.preemption import PreemptionHandler
 from mimo.errors import CommunicationError, NonFiniteError, TrainingError
 from mimo.export import load_consolidated
+from mimo.model.configs import LANGUAGE_MODULE
+from mimo.parallel.groups import build_module_groups
+from mimo.pipeline.runner import StageLosses
+from mimo.training import grads
 from mimo.training.checkpointing import Checkpointer, file_sha256
+from mimo.training.engines import FusedEngine, PipelineEngine
 from mimo.training.metrics import MetricsLog, StepMetrics
 from mimo.training.mimo_step import forward_step, prepare_forward_step_func
 from mimo.training.optim import ModuleOptimizers, apply_freezing, lr_factor, trainable_parameters
+from mimo.training.preemption import PreemptionHandler
 from mimo.training.run_plan import RunPlan
 from mimo.training.state import GlobalState
 from mimo.training.timers import Timers
@@ -69,12 +69,10 @@ class Trainer:
         options = self.engine.loader_options()
         if options is None:
             return None
-        module = self.engine.modules[-1]
         return MicrobatchLoader(
             build_dataset(self.cfg.data, self.cfg.model),
             global_batch_size=self.cfg.train.global_batch_size,
             num_microbatches=self.cfg.train.num_microbatches,
-            dp_size=self.plan.layouts[module].dp,
             seed=self.cfg.data.seed,
             **options,
         )

@@ -76,7 +76,8 @@ class MultiModulePipelineCommunicator:
         """Send this stage's outputs to the next stage, or split them by samples over every outgoing bridge."""
         if not self.is_bridge_out:
             for route in self.routes_out:
-                send_dict(self.queue, {k: v.detach() for k, v in outputs.items()}, route.transfer.dst_rank)
+                detached = {k: v.detach() for k, v in outputs.items()}
+                self._send(detached, route.transfer.dst_rank, "send activations", microbatch)
             return
         rows, counts = outputs[self.module].detach(), outputs[_counts_key(self.module)]
         counts_list = [int(c) for c in counts.tolist()]
@@ -85,7 +86,7 @@ class MultiModulePipelineCommunicator:
         for route, piece in zip(self.routes_out, torch.split(rows, sizes)):
             samples = route.transfer.src_samples
             payload = {self.module: piece, _counts_key(self.module): counts[samples.start : samples.stop]}
-            send_dict(self.queue, payload, route.transfer.dst_rank)
+            self._send(payload, route.transfer.dst_rank, "send activations", microbatch)
 
     # backward --------------------------------------------------------------------------------------------
     def recv_backward(self, *, microbatch: int) -> dict[str, Tensor]:
@@ -108,7 +109,7 @@ class MultiModulePipelineCommunicator:
         if not self.is_bridge_in:
             if input_grads:
                 for route in self.routes_in:
-                    send_dict(self.queue, input_grads, route.transfer.src_rank)
+                    self._send(input_grads, route.transfer.src_rank, "send gradients", microbatch)
             return
         rows = self._in_rows.pop(microbatch)
         for source in dict.fromkeys(r.src_module for r in self.routes_in):
@@ -117,7 +118,7 @@ class MultiModulePipelineCommunicator:
             indices = [i for i, r in enumerate(self.routes_in) if r.src_module == source]
             pieces = torch.split(input_grads[source], [rows[i] for i in indices])
             for index, piece in zip(indices, pieces):
-                send_dict(self.queue, {source: piece}, self.routes_in[index].transfer.src_rank)
+                self._send({source: piece}, self.routes_in[index].transfer.src_rank, "send gradients", microbatch)
 
     def send_forward_recv_backward(self, outputs: dict[str, Tensor], *, microbatch: int) -> dict[str, Tensor]:
         self.send_forward(outputs, microbatch=microbatch)
@@ -136,6 +137,16 @@ class MultiModulePipelineCommunicator:
             raise CommunicationError(
                 f"module {self.module!r} stage {self.stage}: completing sends to ranks {self.queue.peers()} failed "
                 f"({error})"
+            ) from error
+
+    def _send(self, payload: dict[str, Tensor], peer: int, operation: str, microbatch: int) -> None:
+        # Posting a send fails at once when gloo already knows the peer's connection is closed.
+        try:
+            send_dict(self.queue, payload, peer)
+        except RuntimeError as error:
+            raise CommunicationError(
+                f"module {self.module!r} stage {self.stage}: {operation} of microbatch {microbatch} to rank "
+                f"{peer} failed: the peer died or did not answer within the collective timeout ({error})"
             ) from error
 
     def _recv(self, peer: int, operation: str, microbatch: int) -> dict[str, Tensor]:

@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingError as error:
         print(f"mimo: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("mimo: interrupted (no checkpoint written; SIGTERM stops cleanly with one)", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -27,13 +27,30 @@ class StepMetrics:
         return self.tokens / self.step_time_s if self.step_time_s > 0 else math.inf
 
 
+def _lines_up_to(path: Path, step: int) -> list[str]:
+    """The complete lines of an existing metrics file for steps <= ``step``."""
+    if not path.is_file():
+        return []
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            if line.endswith("\n") and json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    return kept
+
+
 class MetricsLog:
     """Writes metrics.jsonl and drives the progress bar; only the reporting rank creates one."""
 
     def __init__(self, run_dir: Path, *, total_steps: int, start_step: int = 0, progress: bool = True):
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / "metrics.jsonl"
-        self._file: TextIO = self.path.open("a" if start_step else "w")
+        kept = _lines_up_to(self.path, start_step) if start_step else []
+        self._file: TextIO = self.path.open("w")
+        # A resumed run repeats the steps after its checkpoint: drop their old lines, keep the ones before.
+        self._file.writelines(kept)
         self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not progress)
         self.history: list[StepMetrics] = []
 

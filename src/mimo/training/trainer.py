@@ -118,7 +118,8 @@ class Trainer:
         ``[first non-finite microbatch + 1, stop requested]``."""
         for module, params in self.params_by_module.items():
             grads.materialize_grads(params)
-            with self._failure(f"module {module!r}: all-reduce of gradients over its data-parallel group"):
+            ranks = self.plan.layouts[module].stage_ranks(self.engine.role.stages[module])
+            with self._failure(f"module {module!r}: all-reduce of gradients over its data-parallel ranks {ranks}"):
                 grads.all_reduce_grads(params, self.groups.dp_group(module))
         norms = [grads.squared_norm(self.params_by_module.get(m, [])) if self._counts_norm(m) else torch.zeros(())
                  for m in self.all_modules]
@@ -127,7 +128,8 @@ class Trainer:
         flags = torch.tensor([bad + 1, int(self.preemption.requested if self.preemption else False)],
                              dtype=torch.float32, device=self.ctx.device)
         if dist.is_initialized():
-            with self._failure("all-reduce of the step's loss, token count and gradient norms over all ranks"):
+            with self._failure(f"all-reduce of the step's loss, token count and gradient norms over ranks "
+                               f"0..{self.ctx.world_size - 1}"):
                 dist.all_reduce(totals)
                 dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         return totals.cpu(), flags.cpu()

@@ -106,7 +106,7 @@ def test_sigterm_to_every_rank_of_a_hetero_layout_stops_cleanly_and_the_resume_i
 
 
 @pytest.mark.timeout(180)
-def test_second_sigterm_exits_at_once_with_143(tmp_path):
+def test_second_sigterm_exits_at_once(tmp_path):
     # Steps of about half a second: the first signal's clean stop (finish the step, save) cannot beat the second.
     args = train_args(SINGLE, tmp_path, LONG_RUN_STEPS, "--set", "train.global_batch_size=512")
     with Ranks(args, log_dir=tmp_path / "logs", name="twice") as ranks:
@@ -118,7 +118,7 @@ def test_second_sigterm_exits_at_once_with_143(tmp_path):
         sent = time.monotonic()
         codes = ranks.wait(30)
         elapsed = time.monotonic() - sent
-        assert codes == [143], ranks.report()
+        assert codes == [-signal.SIGTERM], ranks.report()  # killed by the signal itself (a shell shows 143)
         assert elapsed < 5.0, f"exited {elapsed:.1f} s after the second SIGTERM\n{ranks.report()}"
         assert "stopped after step" not in ranks.stdout(), ranks.report()
     assert latest_step(tmp_path / "checkpoints") is None, "the second SIGTERM should not wait for a checkpoint"

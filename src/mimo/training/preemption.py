@@ -2,19 +2,17 @@
 
 Schedulers (SLURM, Kubernetes, torchrun itself) send SIGTERM before killing a job. The handler only sets a flag;
 the trainer agrees on it across ranks after every step, so all ranks stop after the same step, write a
-checkpoint if configured, and exit 0.
+checkpoint if configured, and exit 0. The handler then restores the default action, so a second SIGTERM ends the
+process at once, even while it is blocked inside a collective where no Python handler could run.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 from types import FrameType
 
 logger = logging.getLogger(__name__)
-
-EXIT_CODE_SECOND_SIGNAL = 128 + signal.SIGTERM
 
 
 class PreemptionHandler:
@@ -25,10 +23,8 @@ class PreemptionHandler:
         self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested:
-            # Second signal: the user (or scheduler) does not want to wait for the checkpoint.
-            os._exit(EXIT_CODE_SECOND_SIGNAL)
         self.requested = True
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         logger.warning("SIGTERM received: finishing this step, then saving a checkpoint (if configured) and exiting; "
                        "send SIGTERM again to exit at once")
 

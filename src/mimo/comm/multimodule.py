@@ -15,15 +15,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from mimo.activation_keys import counts_key, is_metadata_key, owner_of
 from mimo.comm.p2p import SendQueue, recv_dict, send_dict
 from mimo.errors import CommunicationError
 from mimo.comm.routing import Route, RoutingPlan, split_rows
 
 __all__ = ["MultiModulePipelineCommunicator"]
-
-
-def _counts_key(module: str) -> str:
-    return f"{module}/tokens_per_sample"
 
 
 @dataclass
@@ -62,13 +59,13 @@ class MultiModulePipelineCommunicator:
             for source in dict.fromkeys(r.src_module for r in self.routes_in):
                 pieces = [p for r, p in zip(self.routes_in, received) if r.src_module == source]
                 inputs[source] = torch.cat([p[source] for p in pieces])
-                inputs[_counts_key(source)] = torch.cat([p[_counts_key(source)] for p in pieces])
+                inputs[counts_key(source)] = torch.cat([p[counts_key(source)] for p in pieces])
             self._in_rows[microbatch] = {
                 i: p[r.src_module].shape[0] for i, (r, p) in enumerate(zip(self.routes_in, received))
             }
         for key, tensor in inputs.items():
-            source = key.split("/")[0] if self.is_bridge_in else self.module
-            if tensor.is_floating_point() and source in self.backward_modules and "/" not in key:
+            source = owner_of(key) if self.is_bridge_in else self.module
+            if tensor.is_floating_point() and source in self.backward_modules and not is_metadata_key(key):
                 tensor.requires_grad_(True)
         return inputs
 
@@ -79,13 +76,13 @@ class MultiModulePipelineCommunicator:
                 detached = {k: v.detach() for k, v in outputs.items()}
                 self._send(detached, route.transfer.dst_rank, "send activations", microbatch)
             return
-        rows, counts = outputs[self.module].detach(), outputs[_counts_key(self.module)]
+        rows, counts = outputs[self.module].detach(), outputs[counts_key(self.module)]
         counts_list = [int(c) for c in counts.tolist()]
         sizes = split_rows(counts_list, [r.transfer for r in self.routes_out])
         self._out_rows[microbatch] = dict(enumerate(sizes))
         for route, piece in zip(self.routes_out, torch.split(rows, sizes)):
             samples = route.transfer.src_samples
-            payload = {self.module: piece, _counts_key(self.module): counts[samples.start : samples.stop]}
+            payload = {self.module: piece, counts_key(self.module): counts[samples.start : samples.stop]}
             self._send(payload, route.transfer.dst_rank, "send activations", microbatch)
 
     # backward --------------------------------------------------------------------------------------------

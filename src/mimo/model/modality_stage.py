@@ -17,17 +17,13 @@ from typing import Any
 from torch import Tensor, nn
 
 from mimo.model.configs import MimoModelConfig
+from mimo.activation_keys import counts_key, metadata_key
 from mimo.model.init import init_parameters
 from mimo.model.mimo_model import modality_prefix
 from mimo.model.modality import EncoderStates, ModalitySubmodule
 from mimo.parallel.stage_split import split_layers
 
-__all__ = ["ModalityStage", "activation_key", "counts_key", "split_encoder_layers"]
-
-
-def counts_key(module: str) -> str:
-    """Key of the per-sample row counts that travel with ``module``'s activation (as in ``stages.counts_key``)."""
-    return f"{module}/tokens_per_sample"
+__all__ = ["ModalityStage", "activation_key", "split_encoder_layers"]
 
 
 def activation_key(modality: str, encoder: str, encoders: list[str]) -> str:
@@ -129,7 +125,7 @@ class ModalityStage(nn.Module):
             outputs[key] = hidden
             for aux_key, value in aux.items():
                 assert not value.is_floating_point(), f"aux {aux_key!r} of encoder {encoder!r} must not carry grad"
-                outputs[f"{key}/{aux_key}"] = value
+                outputs[metadata_key(key, aux_key)] = value
         return outputs
 
     def _unpack(self, inputs: dict[str, Tensor]) -> EncoderStates:
@@ -138,9 +134,9 @@ class ModalityStage(nn.Module):
         states, missing = {}, []
         for encoder, key in self._activation_keys().items():
             aux_keys = encoders[encoder].aux_keys
-            missing += [k for k in (key, *(f"{key}/{a}" for a in aux_keys)) if k not in inputs]
+            missing += [k for k in (key, *(metadata_key(key, a) for a in aux_keys)) if k not in inputs]
             if key in inputs:
-                states[encoder] = (inputs[key], {a: inputs[f"{key}/{a}"] for a in aux_keys if f"{key}/{a}" in inputs})
+                states[encoder] = (inputs[key], {a: inputs[metadata_key(key, a)] for a in aux_keys if metadata_key(key, a) in inputs})
         if missing:
             raise ValueError(
                 f"{self.module_name!r} stage {self.stage} needs inputs {missing} from stage {self.stage - 1}; "

@@ -18,14 +18,11 @@ from mimo.model.configs import LANGUAGE_MODULE, MimoModelConfig
 from mimo.model.init import init_parameters
 from mimo.model.language import LanguageModel
 from mimo.model.mimo_model import LANGUAGE_PREFIX
-from mimo.model.modality_stage import ModalityStage, counts_key
+from mimo.activation_keys import counts_key
+from mimo.model.modality_stage import ModalityStage
 from mimo.model.splice import check_tokens_per_sample, splice_embeddings
 
-__all__ = ["LanguageStage", "ModalityStage", "counts_key", "is_metadata_key"]
-
-
-def is_metadata_key(key: str) -> bool:
-    return "/" in key
+__all__ = ["LanguageStage", "ModalityStage"]
 
 
 class LanguageStage(nn.Module):

@@ -5,11 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mimo.activation_keys import is_metadata_key
+
 __all__ = ["backward_step_multimodule"]
-
-
-def _is_metadata(key: str) -> bool:
-    return "/" in key
 
 
 def backward_step_multimodule(
@@ -36,12 +34,12 @@ def backward_step_multimodule(
         missing = [k for k, v in output_tensors.items() if v.requires_grad and k not in output_grads]
         if missing:
             raise ValueError(f"no gradient received for outputs {missing}; received {sorted(output_grads)}")
-        keys = [k for k, v in output_tensors.items() if v.requires_grad and not _is_metadata(k)]
+        keys = [k for k, v in output_tensors.items() if v.requires_grad and not is_metadata_key(k)]
         tensors, grads = [output_tensors[k] for k in keys], [output_grads[k] for k in keys]
     if tensors and any(t.requires_grad for t in tensors):
         torch.autograd.backward(tensors, grad_tensors=grads)
     return {
         key: tensor.grad if tensor.grad is not None else torch.zeros_like(tensor)
         for key, tensor in input_tensors.items()
-        if not _is_metadata(key) and tensor.requires_grad
+        if not is_metadata_key(key) and tensor.requires_grad
     }

@@ -18,8 +18,8 @@ from mimo.model import (
     ModalityConfig,
     VisionEncoderConfig,
 )
-from mimo.model import stages as old_stages
-from mimo.model.modality_stage import ModalityStage, counts_key
+from mimo.activation_keys import counts_key
+from mimo.model.modality_stage import ModalityStage
 
 SEED = 7
 LM_HIDDEN = 24
@@ -210,20 +210,18 @@ def test_intermediate_outputs_are_activations_plus_integer_metadata(
 
 
 @pytest.mark.parametrize("name", ["images", "audio", "mixed"])
-def test_single_stage_equals_the_previous_modality_stage(name: str) -> None:
-    new, old = ModalityStage(CONFIG, name, seed=SEED), old_stages.ModalityStage(CONFIG, name, seed=SEED)
-    old_state = old.state_dict()
-    assert list(new.state_dict()) == list(old_state)
-    assert all(torch.equal(value, old_state[key]) for key, value in new.state_dict().items())
-    assert (new.is_first_stage, new.is_loss_stage, new.needs_data) == (True, False, True)
+def test_single_stage_equals_the_full_models_modality(name: str) -> None:
+    stage, full = ModalityStage(CONFIG, name, seed=SEED), MimoModel(CONFIG, seed=SEED)
+    full_state = {k: v for k, v in full.state_dict().items() if k.startswith(f"modalities.{name}.")}
+    assert list(stage.state_dict()) == list(full_state)
+    assert all(torch.equal(value, full_state[key]) for key, value in stage.state_dict().items())
+    assert (stage.is_first_stage, stage.is_loss_stage, stage.needs_data) == (True, False, True)
     inputs = {name: _inputs(name), "unrelated": {}}
-    new_out, old_out = new(inputs={}, modality_inputs=inputs), old(inputs={}, modality_inputs=inputs)
-    assert list(new_out) == list(old_out)
-    assert all(torch.equal(new_out[key], old_out[key]) for key in old_out)
-
-
-def test_counts_key_is_the_one_language_stages_read() -> None:
-    assert counts_key("images") == old_stages.counts_key("images")
+    output = stage(inputs={}, modality_inputs=inputs)
+    expected = full.modalities[name](inputs[name])
+    assert sorted(output) == sorted([name, counts_key(name)])
+    assert torch.equal(output[name], expected.embeddings)
+    assert torch.equal(output[counts_key(name)], expected.tokens_per_sample)
 
 
 def test_first_stage_without_its_modality_inputs_names_the_modality() -> None:

@@ -7,6 +7,7 @@ so a bad YAML value is reported before any module or process group exists.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -15,6 +16,18 @@ LANGUAGE_MODULE = "language"
 
 PAD_TOKEN_ID = 0
 """Token id used for padding; placeholder ids must differ from it."""
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,19}")
+"""Module and encoder names: they become parts of keys ("images:vit/items_per_sample") sent between ranks."""
+
+
+def _require_name(what: str, name: str) -> None:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(
+            f"{what} name {name!r} must be 1-20 letters, digits or '_', not starting with a digit "
+            "(names become keys of the tensors sent between ranks)"
+        )
 
 
 def _require_positive(owner: str, **values: int) -> None:
@@ -146,6 +159,8 @@ class ModalityConfig:
     def __post_init__(self) -> None:
         if not self.encoders:
             raise ValueError("a modality needs at least one encoder, got encoders={}")
+        for name in self.encoders:
+            _require_name("encoder", name)
         hidden_sizes = {name: enc.hidden_size for name, enc in self.encoders.items()}
         if len(set(hidden_sizes.values())) > 1:
             raise ValueError(f"encoders of one modality must share hidden_size, got {hidden_sizes}")
@@ -165,6 +180,7 @@ class MimoModelConfig:
     def __post_init__(self) -> None:
         seen: dict[int, str] = {}
         for name, modality in self.modalities.items():
+            _require_name("modality", name)
             if name == LANGUAGE_MODULE:
                 raise ValueError(f"modality name {name!r} is reserved for the language model")
             token = modality.placeholder_id

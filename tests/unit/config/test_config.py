@@ -69,3 +69,13 @@ def test_malformed_overrides_are_rejected(override):
 def test_override_through_a_scalar_is_rejected():
     with pytest.raises(ValueError, match="holds 5, not a mapping"):
         apply_override({"train": 5}, "train.steps=3")
+
+
+@pytest.mark.parametrize("name", ["im/g", "a:b", "9lives", "x" * 21, ""])
+def test_module_names_that_cannot_be_keys_are_rejected(name):
+    raw = {"model": {"modalities": {name: {"placeholder_id": 1, "encoders": {"vit": {"kind": "vision"}}}}}}
+    with pytest.raises(ValueError, match="must be 1-20 letters, digits or '_'"):
+        config_from_dict(raw)
+    raw = {"model": {"modalities": {"images": {"placeholder_id": 1, "encoders": {name: {"kind": "vision"}}}}}}
+    with pytest.raises(ValueError, match="encoder name"):
+        config_from_dict(raw)

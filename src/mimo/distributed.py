@@ -14,20 +14,14 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from mimo.errors import CommunicationError
+
 
 @dataclass(frozen=True)
 class DistributedContext:
     rank: int
     world_size: int
     device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def is_distributed(self) -> bool:
-        return self.world_size > 1 or dist.is_initialized()
 
     def synchronize(self) -> None:
         """Wait for queued device work, so timers measure it (a no-op on CPU)."""
@@ -60,10 +54,37 @@ def init_distributed(device_preference: str = "auto", *, timeout_s: float = 300.
     return DistributedContext(rank=rank, world_size=world_size, device=device)
 
 
+def raise_if_any_rank_failed(error: Exception | None) -> None:
+    """Collective: every rank calls it with its own error (or None); if any rank failed, every rank raises.
+
+    A mistake noticed by some ranks only (a checkpoint that does not fit one stage, a data file only data ranks
+    read) must stop all of them before the next collective, or the others would block until the timeout.
+    The failing rank re-raises its own error; the others raise a ValueError quoting the lowest failing rank.
+    """
+    if not dist.is_initialized():
+        if error is not None:
+            raise error
+        return
+    messages: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(messages, None if error is None else str(error))
+    if error is not None:
+        raise error
+    failed = [(rank, message) for rank, message in enumerate(messages) if message is not None]
+    if failed:
+        rank, message = failed[0]
+        raise ValueError(f"rank {rank} failed: {message}")
+
+
 def shutdown_distributed(*, wait_for_peers: bool = True) -> None:
     """Leave the process group (collect first and meet at a barrier: gloo can abort at exit with live groups)."""
     if dist.is_initialized():
         gc.collect()
         if wait_for_peers:
-            dist.barrier()
-        dist.destroy_process_group()
+            try:
+                dist.barrier()
+            except RuntimeError as error:
+                raise CommunicationError(f"a peer died before the final barrier of the run ({error})") from error
+            finally:
+                dist.destroy_process_group()
+        else:
+            dist.destroy_process_group()

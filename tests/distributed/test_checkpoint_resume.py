@@ -100,3 +100,39 @@ def test_an_interrupted_save_leaves_latest_on_the_previous_checkpoint(tmp_path, 
                    resume=str(tmp_path / "checkpoints"))
     full = _run(1, _raw(COLOCATED, tmp_path / "uninterrupted"), tmp_path)
     assert resumed == full[3:]
+
+
+def test_freezing_a_trained_module_on_resume_keeps_its_trained_weights(tmp_path):
+    raw = _raw(COLOCATED, tmp_path, steps=2, every=0)
+    _run(1, raw, tmp_path)
+    frozen = copy.deepcopy(raw)
+    frozen["optim"]["freeze"] = ["images"]
+    frozen["train"]["steps"] = 3
+    cfg = config_from_dict(copy.deepcopy(frozen))
+    trainer = Trainer(cfg, DistributedContext(rank=0, world_size=1, device=torch.device("cpu")), plan_run(cfg, 1))
+    initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.resume(str(tmp_path / "checkpoints"))
+    moved = [n for n, p in trainer.model.named_parameters() if not torch.equal(p, initial[n])]
+    assert any(n.startswith("modalities.images.") for n in moved), "the trained image weights were not restored"
+    assert all(any(n.startswith(prefix) for n in moved) for prefix in ("language.", "modalities.images."))
+
+
+def _resume_with_other_image_width(rank: int, world_size: int, raw: dict, checkpoint: str) -> str:
+    cfg = config_from_dict(copy.deepcopy(raw))
+    trainer = Trainer(cfg, DistributedContext(rank=rank, world_size=world_size, device=torch.device("cpu")),
+                      plan_run(cfg, world_size))
+    try:
+        trainer.resume(checkpoint)
+    except ValueError as error:
+        return str(error)
+    return "resumed"
+
+
+def test_a_checkpoint_that_fits_only_some_ranks_stops_every_rank_with_the_reason(tmp_path):
+    raw = _raw(IMAGES_LANGUAGE_PP2, tmp_path, steps=1, every=0)
+    run_ranks(3, _train, raw, None, tmp_path=tmp_path)
+    wider = copy.deepcopy(raw)
+    wider["model"]["modalities"]["images"]["encoders"]["vit"]["hidden_size"] = 32
+    messages = run_ranks(3, _resume_with_other_image_width, wider, str(tmp_path / "checkpoints"), tmp_path=tmp_path)
+    assert "does not fit" in messages[0] and "modalities.images.encoders.vit" in messages[0]
+    assert messages[1].startswith("rank 0 failed:") and messages[2].startswith("rank 0 failed:")

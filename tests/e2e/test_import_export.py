@@ -49,3 +49,20 @@ def test_init_from_a_file_of_another_model_lists_the_problems(tmp_path):
     assert "language.embedding.token.weight: file has [64, 32], model has [64, 64]" in result.stderr
     assert "missing from the file" in result.stderr and "and 22 more" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_frozen_weights_are_referenced_to_the_init_file_by_content_not_path(tmp_path):
+    base = mimo(*TRAIN, "--set", "train.steps=1", "--run-dir", str(tmp_path / "base"),
+                "--export", str(tmp_path / "init.safetensors"))
+    assert base.returncode == 0, base.stderr
+    copy = tmp_path / "elsewhere" / "same.safetensors"
+    copy.parent.mkdir()
+    copy.write_bytes((tmp_path / "init.safetensors").read_bytes())
+    frozen = ["--set", "optim.freeze=[images]", "--run-dir", str(tmp_path / "run")]
+    first = mimo(*TRAIN, *frozen, "--set", "train.steps=2", "--init-from", str(tmp_path / "init.safetensors"))
+    assert first.returncode == 0, first.stderr
+    resumed = mimo(*TRAIN, *frozen, "--set", "train.steps=3", "--init-from", str(copy), "--resume", "latest")
+    assert resumed.returncode == 0, resumed.stderr
+    # Another seed would rebuild other frozen weights than the ones the checkpoint references.
+    other = mimo(*TRAIN, *frozen, "--set", "train.steps=3", "--set", "train.seed=5", "--resume", "latest", timeout=60)
+    assert other.returncode == 2 and "frozen and are referenced to their initialization" in other.stderr

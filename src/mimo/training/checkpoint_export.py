@@ -8,7 +8,8 @@ from mimo.checkpoint import CheckpointError, CheckpointStore, load_tensors, read
 from mimo.config import config_from_dict
 from mimo.export import load_consolidated, save_safetensors
 from mimo.model import MimoModel
-from mimo.training.checkpointing import FORMAT, file_sha256
+from mimo.checkpoint.manifest import file_sha256
+from mimo.training.checkpointing import FORMAT
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
@@ -23,11 +24,17 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     cfg = config_from_dict(meta["config"])
     source = meta["frozen_parameters_from"]
     model = MimoModel(cfg.model, seed=source["seed"])
-    if source["init_from"]:
-        if file_sha256(source["init_from"]) != source["init_from_sha256"]:
-            raise CheckpointError(f"{source['init_from']} changed since the run started (sha256 differs)")
-        load_consolidated(model, source["init_from"])
     found = read_tensor_shapes(folder / "dcp")
+    referenced = [name for name, _ in model.named_parameters() if f"model.{name}" not in found]
+    if referenced and source["init_from"]:
+        # Frozen weights were not saved: they come from the file the run started from.
+        init_file = Path(source["init_from"])
+        if not init_file.is_file() or file_sha256(init_file) != source["init_from_sha256"]:
+            raise CheckpointError(
+                f"{folder} references {len(referenced)} frozen parameters to {init_file}, which is missing or has "
+                "changed since the run started (sha256 differs)"
+            )
+        load_consolidated(model, init_file)
     weights = {f"model.{name}": p.data for name, p in model.named_parameters() if f"model.{name}" in found}
     load_tensors(weights, folder / "dcp")
     return save_safetensors(model.state_dict(), out)

@@ -16,7 +16,6 @@ or the ``--init-from`` file recorded with its sha256), which a resume rebuilds; 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,8 +24,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mimo.checkpoint import CheckpointError, CheckpointStore, load_tensors, new_nonce, read_json, read_tensor_shapes
-from mimo.checkpoint import save_tensors, write_json
+from mimo.checkpoint import CheckpointError, CheckpointStore, check_compatible, load_tensors, new_nonce, read_json
+from mimo.checkpoint import read_tensor_shapes, save_tensors, tensor_specs, write_json
+from mimo.checkpoint.manifest import file_sha256
+from mimo.distributed import raise_if_any_rank_failed
 
 if TYPE_CHECKING:
     from mimo.training.trainer import Trainer
@@ -36,14 +37,6 @@ logger = logging.getLogger(__name__)
 FORMAT = "mimo-checkpoint"
 VERSION = 1
 _OPTIMIZER_STATE_KEYS = {torch.optim.AdamW: ("step", "exp_avg", "exp_avg_sq"), torch.optim.SGD: ("momentum_buffer",)}
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _names(model: nn.Module) -> dict[nn.Parameter, str]:
@@ -122,27 +115,36 @@ class Checkpointer:
             "config": dataclasses.asdict(trainer.cfg),
             "layout": {name: dataclasses.asdict(layout) for name, layout in trainer.plan.layouts.items()},
             "frozen_parameters_from": self.init_source,
+            "data": {"seed": trainer.cfg.data.seed, **({"num_samples": trainer.loader.num_samples}
+                                                       if trainer.loader is not None else {})},
         }
 
     # loading ---------------------------------------------------------------------------------------------
     def load(self, spec: str | Path) -> Path:
         """Resume from ``spec`` ("latest", a checkpoint folder, or a root holding ``latest``)."""
         folder = self._resolve_and_verify(spec)
-        meta = read_json(folder / "meta.json")
-        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-            raise CheckpointError(f"{folder / 'meta.json'}: not a {FORMAT} v{VERSION} checkpoint")
-        if meta.get("frozen_parameters_from") != self.init_source:
-            raise CheckpointError(
-                f"{folder}: frozen parameters came from {meta.get('frozen_parameters_from')}, this run initializes "
-                f"them from {self.init_source}; resume with the same seed and --init-from file"
-            )
-        self._load_tensors(folder / "dcp")
+        present, error = {}, None
+        try:
+            meta = read_json(folder / "meta.json")
+            if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+                raise CheckpointError(f"{folder / 'meta.json'}: not a {FORMAT} v{VERSION} checkpoint")
+            present = self._tensors_to_load(folder, meta)
+            self._restore_position(meta)
+        except ValueError as caught:
+            error = caught
+        raise_if_any_rank_failed(error)
+        self._load_tensors(folder / "dcp", present)
+        return folder
+
+    def _restore_position(self, meta: dict[str, Any]) -> None:
+        """Train state, LR schedules and the data position (the loader refuses another seed or dataset)."""
         trainer = self.trainer
         trainer.state.train_state.load_state_dict(meta["train_state"])
         trainer.optimizers.set_steps_taken(int(meta["optimizer_steps"]))
         if trainer.loader is not None:
-            trainer.loader.load_state_dict({"consumed_samples": trainer.state.train_state.consumed_samples})
-        return folder
+            trainer.loader.load_state_dict(
+                {"consumed_samples": trainer.state.train_state.consumed_samples, **meta.get("data", {})}
+            )
 
     def _resolve_and_verify(self, spec: str | Path) -> Path:
         error, folder = None, None
@@ -157,22 +159,34 @@ class Checkpointer:
             raise CheckpointError(error)
         return Path(folder)
 
-    def _load_tensors(self, dcp_dir: Path) -> None:
-        trainer = self.trainer
-        found = read_tensor_shapes(dcp_dir)
-        names = _names(trainer.model)
-        model_state = {f"model.{names[p]}": p.data for p in trainer.params}
-        expected = {**model_state, **_optimizer_template(trainer)}
-        present = {k: v for k, v in expected.items() if k in found}
+    def _tensors_to_load(self, folder: Path, meta: dict[str, Any]) -> dict[str, Tensor]:
+        """This rank's tensors that the checkpoint holds, to load into (checked for shape and source first).
+
+        Every parameter the checkpoint has is loaded, frozen or not, so freezing a trained module on resume
+        keeps its trained weights. A parameter it lacks was frozen when saved and equals its initialization,
+        which is only true if this run initializes it from the same seed or file.
+        """
+        found = read_tensor_shapes(folder / "dcp")
+        model_state = {f"model.{name}": p.data for name, p in self.trainer.model.named_parameters()}
+        present = {k: v for k, v in {**model_state, **_optimizer_template(self.trainer)}.items() if k in found}
+        check_compatible(tensor_specs(present), found, source=f"checkpoint {folder}")
         absent = sorted(k for k in model_state if k not in found)
-        if absent:
+        saved_source = meta.get("frozen_parameters_from", {})
+        if absent and _identity(saved_source) != _identity(self.init_source):
             raise CheckpointError(
-                f"{dcp_dir.parent}: no saved weights for {len(absent)} trainable parameters, e.g. {absent[:3]} "
-                "(were they frozen when it was saved?)"
+                f"{folder} does not hold {len(absent)} parameters (e.g. {absent[:3]}): they were frozen and are "
+                f"referenced to their initialization {saved_source}, but this run initializes from "
+                f"{self.init_source}; resume with the same seed and --init-from file"
             )
-        rng_key = _rng_key(trainer)
+        if absent:
+            logger.info("%d parameters were frozen when saved: taken from the initialization", len(absent))
+        rng_key = _rng_key(self.trainer)
         if rng_key in found:
             present[rng_key] = torch.get_rng_state()
+        return present
+
+    def _load_tensors(self, dcp_dir: Path, present: dict[str, Tensor]) -> None:
+        rng_key = _rng_key(self.trainer)
         load_tensors(present, dcp_dir)
         if rng_key in present:
             torch.set_rng_state(present[rng_key])
@@ -190,6 +204,11 @@ class Checkpointer:
                                if f"optim.{names[parameter]}.{k}" in loaded}
                     if entries:
                         optimizer.state[parameter] = entries
+
+
+def _identity(source: dict[str, Any]) -> tuple[Any, Any]:
+    """What makes two initializations equal: the seed and the content of the --init-from file (not its path)."""
+    return source.get("seed"), source.get("init_from_sha256")
 
 
 def _rank() -> int:

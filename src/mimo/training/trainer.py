@@ -21,14 +21,15 @@ import torch.distributed as dist
 
 from mimo.config import MimoConfig
 from mimo.data import MicrobatchLoader, build_dataset
-from mimo.distributed import DistributedContext
+from mimo.distributed import DistributedContext, raise_if_any_rank_failed
 from mimo.errors import CommunicationError, NonFiniteError, TrainingError
 from mimo.export import load_consolidated
 from mimo.model.configs import LANGUAGE_MODULE
 from mimo.parallel.groups import build_module_groups
 from mimo.pipeline.runner import StageLosses
 from mimo.training import grads
-from mimo.training.checkpointing import Checkpointer, file_sha256
+from mimo.checkpoint.manifest import file_sha256
+from mimo.training.checkpointing import Checkpointer
 from mimo.training.engines import FusedEngine, PipelineEngine
 from mimo.training.metrics import MetricsLog, StepMetrics
 from mimo.training.mimo_step import forward_step, prepare_forward_step_func
@@ -45,6 +46,18 @@ class Trainer:
     def __init__(self, cfg: MimoConfig, ctx: DistributedContext, plan: RunPlan, *, init_from: str | None = None):
         self.cfg, self.ctx, self.plan = cfg, ctx, plan
         self.state = GlobalState(cfg=cfg, timers=Timers(synchronize=ctx.synchronize))
+        self.preemption: PreemptionHandler | None = None
+        self.stop_requested = False
+        error = None
+        try:  # Local set-up: a mistake only some ranks see (their stage's weights, their data) stops them all.
+            self._build_local(init_from)
+        except ValueError as caught:
+            error = caught
+        raise_if_any_rank_failed(error)
+        self.groups = build_module_groups(plan.layouts, ctx.rank)
+
+    def _build_local(self, init_from: str | None) -> None:
+        cfg, plan, ctx = self.cfg, self.plan, self.ctx
         step_func = prepare_forward_step_func(forward_step, self.state)
         engine_type = FusedEngine if plan.is_fused else PipelineEngine
         self.engine = engine_type(cfg, plan, rank=ctx.rank, device=ctx.device, forward_step=step_func,
@@ -52,16 +65,16 @@ class Trainer:
         self.model = self.engine.model
         if init_from is not None:
             load_consolidated(self.model, init_from)
-        self.groups = build_module_groups(plan.layouts, ctx.rank)
         apply_freezing(self.model, [name for name in cfg.optim.freeze if name.split(".")[0] in self.engine.modules])
         self.params_by_module = trainable_parameters(self.model, self.engine.modules)
         self.params = [p for params in self.params_by_module.values() for p in params]
         self.optimizers = ModuleOptimizers(self.params_by_module, cfg.optim, total_steps=cfg.train.steps)
         self.loader = self._build_loader()
-        self.preemption: PreemptionHandler | None = None
-        self.stop_requested = False
-        init_source = {"seed": cfg.train.seed, "init_from": init_from,
-                       "init_from_sha256": file_sha256(init_from) if init_from else None}
+        init_source = {
+            "seed": cfg.train.seed,
+            "init_from": str(Path(init_from).resolve()) if init_from else None,
+            "init_from_sha256": file_sha256(init_from) if init_from else None,
+        }
         self.checkpointer = Checkpointer(self, cfg.checkpoint_dir, keep=cfg.checkpoint.keep,
                                          verify_checksums=cfg.checkpoint.verify == "checksums", init_source=init_source)
 
@@ -93,7 +106,9 @@ class Trainer:
         loss = loss_sum / max(num_tokens, 1)
         lr = self._language_lr()
         self.stop_requested = bool(flags[1].item())
-        problem = self._nonfinite_problem(loss, module_norms, int(flags[0].item()) - 1)
+        earliest_bad = int(flags[0].item())
+        bad_microbatch = self.cfg.train.num_microbatches - earliest_bad if earliest_bad else -1
+        problem = self._nonfinite_problem(loss, module_norms, bad_microbatch)
         with timers("optimizer"):
             if problem:
                 self._handle_nonfinite(problem)
@@ -115,7 +130,7 @@ class Trainer:
     def _reduce_step(self, losses: StageLosses) -> tuple[torch.Tensor, torch.Tensor]:
         """Sum gradients over each module's DP group; then, over the world, sum ``[loss, tokens, norm^2 per
         module]`` (only replica 0 of a module contributes its norm) and take the max of the flags
-        ``[first non-finite microbatch + 1, stop requested]``."""
+        ``[earliest non-finite microbatch (encoded), stop requested]``."""
         for module, params in self.params_by_module.items():
             grads.materialize_grads(params)
             ranks = self.plan.layouts[module].stage_ranks(self.engine.role.stages[module])
@@ -124,8 +139,11 @@ class Trainer:
         norms = [grads.squared_norm(self.params_by_module.get(m, [])) if self._counts_norm(m) else torch.zeros(())
                  for m in self.all_modules]
         totals = torch.cat([losses.reported, torch.stack(norms).float()]).to(self.ctx.device)
-        bad = -1 if losses.first_nonfinite_microbatch is None else losses.first_nonfinite_microbatch
-        flags = torch.tensor([bad + 1, int(self.preemption.requested if self.preemption else False)],
+        # Under MAX, ``num_microbatches - index`` picks the earliest non-finite microbatch of any rank (0: none).
+        num_microbatches = self.cfg.train.num_microbatches
+        bad = losses.first_nonfinite_microbatch
+        earliest_bad = 0 if bad is None else num_microbatches - bad
+        flags = torch.tensor([earliest_bad, int(self.preemption.requested if self.preemption else False)],
                              dtype=torch.float32, device=self.ctx.device)
         if dist.is_initialized():
             with self._failure(f"all-reduce of the step's loss, token count and gradient norms over ranks "
@@ -168,8 +186,8 @@ class Trainer:
     def _language_lr(self) -> float:
         """The language model's scheduled learning rate for this step (known on every rank, frozen or not)."""
         base = self.cfg.optim.for_module(LANGUAGE_MODULE).lr
-        return base * lr_factor(self.state.train_state.step, total_steps=self.cfg.train.steps,
-                                schedule=self.cfg.optim.lr_schedule)
+        optimizer_steps = self.state.train_state.step - self.state.train_state.skipped_steps
+        return base * lr_factor(optimizer_steps, total_steps=self.cfg.train.steps, schedule=self.cfg.optim.lr_schedule)
 
     def _save(self, log: MetricsLog | None) -> int:
         step = self.state.train_state.step

@@ -49,8 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(f"weights: {export_checkpoint(args.checkpoint, args.out)}")
             return 0
-        overrides = list(args.overrides) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
-        config = load_config(args.config, overrides)
+        config = load_config(args.config, _overrides(args))
         from mimo.run import run_training  # deferred: parsing errors should not wait for torch to import
 
         resume = args.resume
@@ -77,10 +76,23 @@ def _relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
         print("mimo: error: --nproc given inside a torchrun launch; drop one of them", file=sys.stderr)
         return 2
     rest = _without_nproc(argv)
+    try:  # Fail here, once and with exit code 2, rather than once per process under torchrun.
+        args = build_parser().parse_args(rest)
+        config = load_config(args.config, _overrides(args))
+        from mimo.training.run_plan import plan_run
+
+        plan_run(config, world_size=nproc)
+    except ValueError as error:
+        print(f"mimo: error: {error}", file=sys.stderr)
+        return 2
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "mimo", *rest
     ]
     return subprocess.call(command)
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    return list(args.overrides) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
 
 
 def _without_nproc(argv: list[str]) -> list[str]:

@@ -24,9 +24,13 @@ class DistributedContext:
     device: torch.device
 
     def synchronize(self) -> None:
-        """Wait for queued device work, so timers measure it (a no-op on CPU)."""
+        """Wait for this rank's queued compute, so timers measure it (a no-op on CPU).
+
+        Only the current stream: a device-wide synchronize would also wait for posted point-to-point sends, which
+        complete only when the peer receives, and two neighbours timing their receives would wait on each other.
+        """
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            torch.cuda.current_stream(self.device).synchronize()
 
 
 def resolve_device(preference: str, local_rank: int) -> torch.device:

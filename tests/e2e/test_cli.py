@@ -141,3 +141,10 @@ def test_bad_samples_in_a_data_file_are_named(tmp_path, mutate, message):
     assert result.returncode == 2, result.stderr
     assert str(path) in result.stderr and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_nproc_validates_the_config_for_that_many_processes_before_launching(tmp_path):
+    result = mimo("train", "--config", "configs/tiny_vlm_hetero.yaml", "--nproc", "2", "--run-dir", str(tmp_path),
+                  timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "world_size is 2" in result.stderr and result.stderr.count("mimo: error") == 1

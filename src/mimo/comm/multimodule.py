@@ -13,6 +13,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from mimo.activation_keys import counts_key, is_metadata_key, owner_of
@@ -30,6 +31,8 @@ class MultiModulePipelineCommunicator:
     Args:
         backward_modules: modules that run a backward; gradients are sent only to those, and received
             tensors from the others do not require grad.
+        activation_group, gradient_group: world-sized groups for the two directions (see ``parallel.groups``);
+            None uses the default group.
     """
 
     rank: int
@@ -38,6 +41,8 @@ class MultiModulePipelineCommunicator:
     routing: RoutingPlan
     backward_modules: Collection[str]
     device: torch.device
+    activation_group: dist.ProcessGroup | None = None
+    gradient_group: dist.ProcessGroup | None = None
     queue: SendQueue = field(default_factory=SendQueue)
     _in_rows: dict[int, dict[int, int]] = field(default_factory=dict)
     _out_rows: dict[int, dict[int, int]] = field(default_factory=dict)
@@ -47,11 +52,15 @@ class MultiModulePipelineCommunicator:
         self.routes_out: list[Route] = self.routing.routes_out(self.rank, self.module, self.stage)
         self.is_bridge_in = self.stage == 0
         self.is_bridge_out = self.stage == self.routing.layouts[self.module].pp - 1
+        successors = sorted({route.dst_module for route in self.routes_out})
+        if len(successors) > 1:
+            # Gradients from several consumers would have to be summed, not concatenated by samples.
+            raise ValueError(f"module {self.module!r} feeds several modules {successors}; only one is supported")
 
     # forward ---------------------------------------------------------------------------------------------
     def recv_forward(self, *, microbatch: int) -> dict[str, Tensor]:
         """Inputs of this stage, keyed by source module (within a module: the previous stage's dict)."""
-        received = [self._recv(r.transfer.src_rank, "receive activations", microbatch) for r in self.routes_in]
+        received = [self._recv(r.transfer.src_rank, "receive activations", microbatch, self.activation_group) for r in self.routes_in]
         if not self.is_bridge_in:
             inputs = received[0]
         else:
@@ -74,7 +83,7 @@ class MultiModulePipelineCommunicator:
         if not self.is_bridge_out:
             for route in self.routes_out:
                 detached = {k: v.detach() for k, v in outputs.items()}
-                self._send(detached, route.transfer.dst_rank, "send activations", microbatch)
+                self._send(detached, route.transfer.dst_rank, "send activations", microbatch, self.activation_group)
             return
         rows, counts = outputs[self.module].detach(), outputs[counts_key(self.module)]
         counts_list = [int(c) for c in counts.tolist()]
@@ -83,12 +92,12 @@ class MultiModulePipelineCommunicator:
         for route, piece in zip(self.routes_out, torch.split(rows, sizes)):
             samples = route.transfer.src_samples
             payload = {self.module: piece, counts_key(self.module): counts[samples.start : samples.stop]}
-            self._send(payload, route.transfer.dst_rank, "send activations", microbatch)
+            self._send(payload, route.transfer.dst_rank, "send activations", microbatch, self.activation_group)
 
     # backward --------------------------------------------------------------------------------------------
     def recv_backward(self, *, microbatch: int) -> dict[str, Tensor]:
         """Gradients of this stage's outputs, keyed like the outputs."""
-        received = [self._recv(r.transfer.dst_rank, "receive gradients", microbatch) for r in self.routes_out]
+        received = [self._recv(r.transfer.dst_rank, "receive gradients", microbatch, self.gradient_group) for r in self.routes_out]
         if not self.is_bridge_out:
             return received[0]
         expected = self._out_rows.pop(microbatch)
@@ -104,9 +113,11 @@ class MultiModulePipelineCommunicator:
     def send_backward(self, input_grads: dict[str, Tensor], *, microbatch: int) -> None:
         """Send input gradients back: to the previous stage, or split by the forward's rows to each source."""
         if not self.is_bridge_in:
-            if input_grads:
-                for route in self.routes_in:
-                    self._send(input_grads, route.transfer.src_rank, "send gradients", microbatch)
+            if not input_grads:
+                # The previous stage's schedule waits for this gradient: skipping it would hang that rank.
+                raise RuntimeError(f"{self.module} stage {self.stage} microbatch {microbatch}: no input gradient")
+            for route in self.routes_in:
+                self._send(input_grads, route.transfer.src_rank, "send gradients", microbatch, self.gradient_group)
             return
         rows = self._in_rows.pop(microbatch)
         for source in dict.fromkeys(r.src_module for r in self.routes_in):
@@ -115,7 +126,8 @@ class MultiModulePipelineCommunicator:
             indices = [i for i, r in enumerate(self.routes_in) if r.src_module == source]
             pieces = torch.split(input_grads[source], [rows[i] for i in indices])
             for index, piece in zip(indices, pieces):
-                self._send({source: piece}, self.routes_in[index].transfer.src_rank, "send gradients", microbatch)
+                peer = self.routes_in[index].transfer.src_rank
+                self._send({source: piece}, peer, "send gradients", microbatch, self.gradient_group)
 
     def send_forward_recv_backward(self, outputs: dict[str, Tensor], *, microbatch: int) -> dict[str, Tensor]:
         self.send_forward(outputs, microbatch=microbatch)
@@ -136,19 +148,21 @@ class MultiModulePipelineCommunicator:
                 f"({error})"
             ) from error
 
-    def _send(self, payload: dict[str, Tensor], peer: int, operation: str, microbatch: int) -> None:
+    def _send(self, payload: dict[str, Tensor], peer: int, operation: str, microbatch: int,
+              group: dist.ProcessGroup | None) -> None:
         # Posting a send fails at once when gloo already knows the peer's connection is closed.
         try:
-            send_dict(self.queue, payload, peer)
+            send_dict(self.queue, payload, peer, group)
         except RuntimeError as error:
             raise CommunicationError(
                 f"module {self.module!r} stage {self.stage}: {operation} of microbatch {microbatch} to rank "
                 f"{peer} failed: the peer died or did not answer within the collective timeout ({error})"
             ) from error
 
-    def _recv(self, peer: int, operation: str, microbatch: int) -> dict[str, Tensor]:
+    def _recv(self, peer: int, operation: str, microbatch: int,
+              group: dist.ProcessGroup | None) -> dict[str, Tensor]:
         try:
-            return recv_dict(peer, device=self.device)
+            return recv_dict(peer, device=self.device, group=group)
         except RuntimeError as error:
             raise CommunicationError(
                 f"module {self.module!r} stage {self.stage}: {operation} of microbatch {microbatch} from rank "

@@ -1,8 +1,14 @@
-"""The one place that creates process groups: one data-parallel group per (module, stage).
+"""The one place that creates process groups: one data-parallel group per (module, stage), and two for
+point-to-point traffic.
 
 ``new_group`` is collective, so every rank creates every group, in the same order (modules in layout order,
-stages in order), keeping only the groups it belongs to. Point-to-point traffic uses global ranks on the
-default group and needs no group of its own.
+stages in order, then the two point-to-point groups), keeping only the groups it belongs to.
+
+Activations and gradients travel on two separate world-sized groups. In 1F1B two neighbours can each post a
+send before their receive (``SEND_F`` then ``RECV_B`` on one side, ``SEND_B`` then ``RECV_F`` on the other); gloo
+buffers the sends, but NCCL runs one communicator's operations in order on one stream, so with a single group
+each send would wait for a receive queued behind the other side's send. With one group per direction the two
+sends and the two receives pair up on different streams.
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ from mimo.parallel.layout import ModuleLayout
 
 @dataclass(frozen=True)
 class ModuleGroups:
-    """The data-parallel group of each module stage held by this rank (None in a single process)."""
+    """The data-parallel group of each module stage held by this rank, and the point-to-point groups
+    (all None in a single process)."""
 
     dp: dict[str, dist.ProcessGroup | None]
+    activations: dist.ProcessGroup | None = None
+    gradients: dist.ProcessGroup | None = None
 
     def dp_group(self, module: str) -> dist.ProcessGroup | None:
         return self.dp[module]
@@ -34,4 +43,7 @@ def build_module_groups(layouts: Mapping[str, ModuleLayout], rank: int) -> Modul
             group = dist.new_group(ranks) if dist.is_initialized() else None
             if rank in ranks:
                 groups[module] = group
-    return ModuleGroups(dp=groups)
+    if not dist.is_initialized():
+        return ModuleGroups(dp=groups)
+    world = list(range(dist.get_world_size()))
+    return ModuleGroups(dp=groups, activations=dist.new_group(world), gradients=dist.new_group(world))

@@ -5,7 +5,7 @@
 - ``PipelineEngine``: a rank holds one stage of one module (non-colocated layouts): it executes its action list
   from the multi-module 1F1B schedule, exchanging ``{module: tensor}`` dicts with its neighbours.
 
-Both run ``forward_step`` for every microbatch and return this rank's ``StepLosses``.
+Both run ``forward_step`` for every microbatch and return this rank's ``StageLosses``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from mimo.config import MimoConfig
 from mimo.model import MimoModel
 from mimo.model.configs import LANGUAGE_MODULE
 from mimo.model.stages import LanguageStage, ModalityStage
+from mimo.parallel.groups import ModuleGroups
 from mimo.parallel.layout import role_of
 from mimo.pipeline.schedules import build_train_schedule
 from mimo.pipeline.runner import StageLosses, StageRunner
@@ -41,6 +42,9 @@ class FusedEngine:
         self._dp_size = plan.layouts[LANGUAGE_MODULE].dp
         self.num_microbatches = cfg.train.num_microbatches
         self._forward_step, self._timers = forward_step, timers
+
+    def use_groups(self, groups: ModuleGroups) -> None:
+        """Nothing to attach: the whole model is local, only gradient all-reduces use groups."""
 
     def loader_options(self) -> dict[str, Any] | None:
         """Every field of this rank's data-parallel shard (all modules share one dp here)."""
@@ -70,7 +74,7 @@ class PipelineEngine:
         self.modules = [self.module]
         self._dp_size = plan.layouts[self.module].dp
         self.model = _build_stage(cfg, self.module, stage, num_stages).to(device)
-        communicator = MultiModulePipelineCommunicator(
+        self.communicator = communicator = MultiModulePipelineCommunicator(
             rank=rank,
             module=self.module,
             stage=stage,
@@ -86,6 +90,11 @@ class PipelineEngine:
             stage=self.model, communicator=communicator, forward_step=forward_step, timers=timers,
             grad_enabled=self.module in plan.backward_modules,
         )
+
+    def use_groups(self, groups: ModuleGroups) -> None:
+        """Send activations and gradients on their own point-to-point groups (created after the engine)."""
+        self.communicator.activation_group = groups.activations
+        self.communicator.gradient_group = groups.gradients
 
     def loader_options(self) -> dict[str, Any] | None:
         """What this stage reads: tokens and labels for language stages, one modality's inputs for an encoder."""

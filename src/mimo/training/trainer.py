@@ -55,6 +55,7 @@ class Trainer:
             error = caught
         raise_if_any_rank_failed(error)
         self.groups = build_module_groups(plan.layouts, ctx.rank)
+        self.engine.use_groups(self.groups)
 
     def _build_local(self, init_from: str | None) -> None:
         cfg, plan, ctx = self.cfg, self.plan, self.ctx

@@ -41,7 +41,8 @@ class OptimizerConfig:
 
 @dataclass(kw_only=True)
 class LRScheduleConfig:
-    """Linear warmup from 0, then decay to ``min_lr_ratio * lr`` at the last step."""
+    """Linear warmup (step k < warmup_steps uses lr * (k + 1) / warmup_steps), then decay to
+    ``min_lr_ratio * lr`` at the last step."""
 
     warmup_steps: int = 0
     decay: Literal["constant", "linear", "cosine"] = "cosine"
@@ -147,7 +148,7 @@ class MimoConfig:
     """A whole run."""
 
     run_dir: str = "runs/default"
-    """Where metrics.jsonl (and later checkpoints) go."""
+    """Where metrics.jsonl and (unless checkpoint.dir says otherwise) checkpoints go."""
     model: MimoModelConfig = field(default_factory=MimoModelConfig)
     data: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -29,11 +29,6 @@ def save_safetensors(tensors: dict[str, Tensor], path: str | Path) -> Path:
     return path
 
 
-def export_safetensors(model: nn.Module, path: str | Path) -> Path:
-    """Write every parameter and buffer of a whole model held by one process."""
-    return save_safetensors(model.state_dict(), path)
-
-
 def load_safetensors(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():

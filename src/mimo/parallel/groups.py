@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch.distributed as dist
 
@@ -34,16 +35,24 @@ class ModuleGroups:
         return self.dp[module]
 
 
-def build_module_groups(layouts: Mapping[str, ModuleLayout], rank: int) -> ModuleGroups:
-    """Create every module stage's DP group on every rank (collective, fixed order)."""
+def build_module_groups(layouts: Mapping[str, ModuleLayout], rank: int, *, timeout: timedelta) -> ModuleGroups:
+    """Create every module stage's DP group on every rank (collective, fixed order).
+
+    ``timeout`` is given to every group: ``new_group`` does not inherit the default group's timeout (it falls
+    back to the backend default of 30 minutes), and a dead peer must end a wait on any group just as fast.
+    """
     groups: dict[str, dist.ProcessGroup | None] = {}
     for module, layout in layouts.items():
         for stage in range(layout.pp):
             ranks = layout.stage_ranks(stage)
-            group = dist.new_group(ranks) if dist.is_initialized() else None
+            group = dist.new_group(ranks, timeout=timeout) if dist.is_initialized() else None
             if rank in ranks:
                 groups[module] = group
     if not dist.is_initialized():
         return ModuleGroups(dp=groups)
     world = list(range(dist.get_world_size()))
-    return ModuleGroups(dp=groups, activations=dist.new_group(world), gradients=dist.new_group(world))
+    return ModuleGroups(
+        dp=groups,
+        activations=dist.new_group(world, timeout=timeout),
+        gradients=dist.new_group(world, timeout=timeout),
+    )

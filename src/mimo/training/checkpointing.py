@@ -4,7 +4,8 @@ What a checkpoint holds (``<root>/step_XXXXXXXX/``):
 
 - ``dcp/``: tensors only, keyed by full parameter names, so any layout can load what any other saved:
   ``model.<param>`` (trainable parameters), ``optim.<param>.<state>`` (e.g. ``exp_avg``), and
-  ``rng.<module>.stage<s>.dp<d>`` (the CPU generator state of each rank, restored when the layout matches).
+  ``rng.<module>.stage<s>.dp<d>`` (the CPU generator state of each rank, restored when the layout matches; the
+  built-in model draws no random numbers while training, so this only matters for user code such as dropout).
 - ``meta.json``: the train state (step, consumed samples and tokens), optimizer steps taken (which fixes every LR
   schedule), the config, the layout it was saved with, and where frozen weights come from.
 - ``manifest.json``: size and sha256 of every file, written last; the folder is renamed into place only then.

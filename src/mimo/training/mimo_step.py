@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any, Protocol
 
@@ -70,12 +70,17 @@ def loss_func(
     return total_loss, num_tokens, {"lm loss": reporting}
 
 
-def get_batch(data_iterator: Iterable[Any] | None, device: torch.device | str | None = None) -> dict[str, Any] | None:
-    """Next batch from the iterator, with every tensor moved to ``device``; None if exhausted or no iterator."""
+def get_batch(data_iterator: Iterator[Any] | None, device: torch.device | str | None = None) -> dict[str, Any] | None:
+    """Next batch from the iterator, with every tensor moved to ``device``; None if exhausted or no iterator.
+
+    It takes an iterator (each call consumes one batch), not a re-iterable such as a list, which would restart.
+    """
     if data_iterator is None:
         return None
+    if not isinstance(data_iterator, Iterator):
+        raise TypeError(f"get_batch needs an iterator, got {type(data_iterator).__name__}; wrap it with iter()")
     try:
-        batch = next(iter(data_iterator))
+        batch = next(data_iterator)
     except StopIteration:
         return None
     return _to_device(batch, device) if device is not None else batch
@@ -92,7 +97,7 @@ def _to_device(value: Any, device: torch.device | str) -> Any:
 
 
 def forward_step(
-    state: GlobalState, data_iterator: Iterable[Any] | None, model: StageModel
+    state: GlobalState, data_iterator: Iterator[Any] | None, model: StageModel
 ) -> tuple[torch.Tensor | dict[str, torch.Tensor], LossFunc | None]:
     """Run one microbatch through this rank's part of the model.
 

@@ -95,17 +95,3 @@ class ModuleOptimizers:
 
     def lrs(self) -> dict[str, float]:
         return {name: optimizer.param_groups[0]["lr"] for name, optimizer in self.optimizers.items()}
-
-    def state_dict(self) -> dict[str, dict]:
-        return {
-            name: {"optimizer": optimizer.state_dict(), "scheduler": self.schedulers[name].state_dict()}
-            for name, optimizer in self.optimizers.items()
-        }
-
-    def load_state_dict(self, state: dict[str, dict]) -> None:
-        missing = sorted(set(self.optimizers) - set(state))
-        if missing:
-            raise ValueError(f"checkpoint has no optimizer state for modules {missing}")
-        for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(state[name]["optimizer"])
-            self.schedulers[name].load_state_dict(state[name]["scheduler"])

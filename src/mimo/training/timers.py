@@ -10,14 +10,13 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Timers:
-    """Accumulates seconds per phase; ``step_times()`` gives the current step's and resets it.
+    """Accumulates seconds per phase over the run.
 
     ``synchronize`` is called before each reading so that asynchronous devices (CUDA) are timed honestly;
     on CPU it is a no-op.
     """
 
     synchronize: Callable[[], None] = lambda: None
-    _step: dict[str, float] = field(default_factory=dict)
     _total: dict[str, float] = field(default_factory=dict)
 
     @contextmanager
@@ -29,13 +28,7 @@ class Timers:
         finally:
             self.synchronize()
             elapsed = time.perf_counter() - start
-            self._step[name] = self._step.get(name, 0.0) + elapsed
             self._total[name] = self._total.get(name, 0.0) + elapsed
-
-    def step_times(self) -> dict[str, float]:
-        """Seconds per phase since the last call, then start a new step."""
-        times, self._step = self._step, {}
-        return times
 
     def totals(self) -> dict[str, float]:
         return dict(self._total)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from datetime import timedelta
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,7 +55,9 @@ class Trainer:
         except ValueError as caught:
             error = caught
         raise_if_any_rank_failed(error)
-        self.groups = build_module_groups(plan.layouts, ctx.rank)
+        self.groups = build_module_groups(
+            plan.layouts, ctx.rank, timeout=timedelta(seconds=self.cfg.train.collective_timeout_s)
+        )
         self.engine.use_groups(self.groups)
 
     def _build_local(self, init_from: str | None) -> None:

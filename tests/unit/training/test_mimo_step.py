@@ -151,3 +151,8 @@ def test_prepare_forward_step_func_supports_callable_objects():
 def test_prepare_forward_step_func_rejects_other_arities():
     with pytest.raises(ValueError, match="takes 1 positional parameters"):
         prepare_forward_step_func(lambda model: None, _state())
+
+
+def test_get_batch_refuses_a_re_iterable_that_would_restart():
+    with pytest.raises(TypeError, match="get_batch needs an iterator, got list"):
+        get_batch([{"x": torch.ones(1)}])

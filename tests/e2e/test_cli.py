@@ -41,6 +41,16 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
         assert relative_error(a[name], b[name]) <= 1e-5, name
 
 
+def assert_same_run(result_a, run_a: Path, result_b, run_b: Path, *, weights: tuple[Path, Path] | None = None) -> None:
+    """Both runs succeeded, logged the same losses (relative 1e-5) and exported the same weights."""
+    assert result_a.returncode == 0, result_a.stderr
+    assert result_b.returncode == 0, result_b.stderr
+    for a, b in zip(metrics(run_a), metrics(run_b)):
+        assert abs(a["loss"] - b["loss"]) <= 1e-5 * a["loss"]
+    file_a, file_b = weights or (run_a.with_suffix(".safetensors"), run_b.with_suffix(".safetensors"))
+    assert_same_weights(load_safetensors(file_a), load_safetensors(file_b))
+
+
 def test_default_recipe_trains_and_logs_every_step(tmp_path):
     result = mimo("train", "--config", "configs/tiny_vlm.yaml", "--run-dir", str(tmp_path),
                   "--set", "train.steps=40", "--set", "train.progress=false")
@@ -57,11 +67,7 @@ def test_two_data_parallel_processes_match_one(tmp_path):
     one = mimo(*common, "--run-dir", str(tmp_path / "one"), "--export", str(tmp_path / "one.safetensors"))
     two = mimo(*common, "--nproc", "2", "--run-dir", str(tmp_path / "two"),
                "--export", str(tmp_path / "two.safetensors"))
-    assert one.returncode == 0, one.stderr
-    assert two.returncode == 0, two.stderr
-    for a, b in zip(metrics(tmp_path / "one"), metrics(tmp_path / "two")):
-        assert abs(a["loss"] - b["loss"]) <= 1e-5 * a["loss"]
-    assert_same_weights(load_safetensors(tmp_path / "one.safetensors"), load_safetensors(tmp_path / "two.safetensors"))
+    assert_same_run(one, tmp_path / "one", two, tmp_path / "two")
 
 
 def test_heterogeneous_recipe_under_torchrun_matches_one_process(tmp_path):
@@ -69,11 +75,8 @@ def test_heterogeneous_recipe_under_torchrun_matches_one_process(tmp_path):
     hetero = torchrun(3, *common, "--run-dir", str(tmp_path / "hetero"), "--export", str(tmp_path / "h.safetensors"))
     plain = mimo(*common, "--set", "layout={}", "--run-dir", str(tmp_path / "plain"),
                  "--export", str(tmp_path / "p.safetensors"))
-    assert hetero.returncode == 0, hetero.stderr
-    assert plain.returncode == 0, plain.stderr
-    for a, b in zip(metrics(tmp_path / "hetero"), metrics(tmp_path / "plain")):
-        assert abs(a["loss"] - b["loss"]) <= 1e-5 * a["loss"]
-    assert_same_weights(load_safetensors(tmp_path / "h.safetensors"), load_safetensors(tmp_path / "p.safetensors"))
+    assert_same_run(hetero, tmp_path / "hetero", plain, tmp_path / "plain",
+                    weights=(tmp_path / "h.safetensors", tmp_path / "p.safetensors"))
 
 
 RECIPE = "configs/tiny_vlm.yaml"

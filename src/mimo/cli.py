@@ -79,8 +79,10 @@ def _relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
     try:  # Fail here, once and with exit code 2, rather than once per process under torchrun.
         args = build_parser().parse_args(rest)
         config = load_config(args.config, _overrides(args))
+        from mimo.run import check_paths
         from mimo.training.run_plan import plan_run
 
+        check_paths(config, init_from=args.init_from)
         plan_run(config, world_size=nproc)
     except ValueError as error:
         print(f"mimo: error: {error}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 The rules are few and generic: a dataclass takes a mapping with known keys only; ``X | None`` accepts null;
 ``Literal`` accepts one of its values; ``list[T]`` and ``dict[str, T]`` convert their items; a union of
-dataclasses picks the member whose ``kind`` default equals the mapping's ``kind`` key. Numbers are not coerced
+dataclasses picks the member whose ``kind`` default equals the mapping's ``kind`` key, or without one the only
+member whose fields cover the mapping's keys. Numbers are not coerced
 from strings, and a bool is never accepted as a number.
 """
 
@@ -75,13 +76,9 @@ def _convert_union(members: tuple[Any, ...], value: Any, path: str) -> Any:
     members = tuple(m for m in members if m is not type(None))
     if len(members) == 1:
         return convert(members[0], value, path)
-    by_kind = {_kind_of(m): m for m in members if dataclasses.is_dataclass(m)}
-    if by_kind and len(by_kind) == len(members):
-        if not isinstance(value, dict) or "kind" not in value:
-            raise ValueError(f"{path} needs a 'kind' key, one of: {', '.join(sorted(by_kind))}")
-        if value["kind"] not in by_kind:
-            raise ValueError(f"{_join(path, 'kind')}={value['kind']!r} is not one of: {', '.join(sorted(by_kind))}")
-        return build_dataclass(by_kind[value["kind"]], value, path)
+    families = [m for m in members if dataclasses.is_dataclass(m)]
+    if families and len(families) == len(members):
+        return build_dataclass(_pick_family(families, value, path), value, path)
     errors = []
     for member in members:
         try:
@@ -91,11 +88,31 @@ def _convert_union(members: tuple[Any, ...], value: Any, path: str) -> Any:
     raise ValueError("; ".join(errors))
 
 
-def _kind_of(cls: Any) -> str:
+def _pick_family(members: list[Any], value: Any, path: str) -> Any:
+    """The dataclass of a union that ``value`` describes: by its ``kind`` key, or by which fields it uses."""
+    kinds = {_kind_of(m): m for m in members if _kind_of(m) is not None}
+    if not isinstance(value, dict):
+        raise ValueError(f"{_name(path)} must be a mapping, got {value!r}")
+    if "kind" in value:
+        if value["kind"] not in kinds:
+            raise ValueError(f"{_join(path, 'kind')}={value['kind']!r} is not one of: {', '.join(sorted(kinds))}")
+        return kinds[value["kind"]]
+    # Without "kind": the only family whose fields cover every key ({hf: DIR} is a Hugging Face model), or the
+    # default family (the one without a kind field, e.g. the built-in language model) when several do.
+    covering = [m for m in members if set(value) <= {f.name for f in dataclasses.fields(m) if f.init}]
+    if len(covering) == 1:
+        return covering[0]
+    defaults = [m for m in covering if _kind_of(m) is None]
+    if defaults:
+        return defaults[0]
+    raise ValueError(f"{_name(path)} needs a 'kind' key, one of: {', '.join(sorted(kinds))}")
+
+
+def _kind_of(cls: Any) -> str | None:
     for f in dataclasses.fields(cls):
         if f.name == "kind":
             return str(f.default)
-    raise TypeError(f"{cls.__name__} in a union needs a 'kind' field with a default")
+    return None
 
 
 def _convert_scalar(annotation: Any, value: Any, path: str) -> Any:

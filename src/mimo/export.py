@@ -30,10 +30,18 @@ def save_safetensors(tensors: dict[str, Tensor], path: str | Path) -> Path:
 
 
 def load_safetensors(path: str | Path) -> dict[str, Tensor]:
+    """Every tensor of a safetensors file; a missing file, a directory or another kind of file is a ValueError."""
+    from safetensors import SafetensorError
+
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"weights file {str(path)!r} is a directory, not a safetensors file")
     if not path.is_file():
         raise ValueError(f"weights file {str(path)!r} does not exist")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"weights file {str(path)!r} is not a safetensors file ({error})") from None
 
 
 def export_consolidated(trainer: Trainer, path: str | Path) -> Path | None:

@@ -20,7 +20,8 @@ def run_training(
     resume: str | None = None,
     init_from: str | None = None,
 ) -> list[StepMetrics]:
-    # Validate the layout against the launch before joining any process group, so mistakes cannot hang.
+    # Validate the paths and the layout against the launch before joining any process group, so mistakes cannot hang.
+    check_paths(config, init_from=init_from)
     plan = plan_run(config, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     ctx = init_distributed(config.train.device, timeout_s=config.train.collective_timeout_s)
     try:
@@ -38,3 +39,39 @@ def run_training(
         raise
     shutdown_distributed()
     return history
+
+
+def check_paths(config: MimoConfig, *, init_from: str | Path | None = None) -> None:
+    """The paths a run writes to and reads from, checked before any process group exists (``ValueError``).
+
+    ``run_dir`` and the checkpoint root must be directories or creatable as such (no part of them an existing
+    file); ``init_from`` must be a safetensors file (only its header is read here).
+    """
+    for key, value in (("run_dir", config.run_dir), ("checkpoint.dir", config.checkpoint_dir)):
+        _check_directory(key, Path(value))
+    if init_from is not None:
+        _check_init_from(Path(init_from))
+
+
+def _check_directory(key: str, path: Path) -> None:
+    for part in (path, *path.parents):
+        if part.exists() or part.is_symlink():
+            if not part.is_dir():
+                where = "" if part == path else f" ({str(part)!r} is a file)"
+                raise ValueError(f"{key} {str(path)!r} is not a directory{where}: pass a directory to write the "
+                                 f"run's files into")
+            return
+
+
+def _check_init_from(path: Path) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    if path.is_dir():
+        raise ValueError(f"--init-from {str(path)!r} is a directory, not a safetensors file")
+    if not path.is_file():
+        raise ValueError(f"--init-from {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"--init-from {str(path)!r} is not a safetensors file ({error})") from None

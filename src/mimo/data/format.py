@@ -122,9 +122,9 @@ def validate_sample(sample: Sample, model_config: MimoModelConfig) -> None:
         raise ValueError(f"sample has modalities {received}, the model expects {expected}")
     for name, modality in model_config.modalities.items():
         rows = modality_token_count(name, modality, modality_inputs[name])
-        placeholders = int((input_ids == modality.placeholder_id).sum())
+        placeholders = int((input_ids == modality.token_id).sum())
         if rows != placeholders:
             raise ValueError(
                 f"modality {name!r}: input_ids hold {placeholders} placeholder tokens "
-                f"(id {modality.placeholder_id}) but its encoders produce {rows} rows"
+                f"(id {modality.token_id}) but its encoders produce {rows} rows"
             )

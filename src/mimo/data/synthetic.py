@@ -21,7 +21,7 @@ from mimo.data.seeding import seeded_generator
 from mimo.data.synthetic_config import SyntheticDataConfig
 from mimo.data.text_fields import build_text_fields
 from mimo.data.text_ids import text_id_range
-from mimo.model.configs import AudioEncoderConfig, EncoderConfig, MimoModelConfig, VisionEncoderConfig
+from mimo.model.configs import EncoderConfig, MimoModelConfig
 
 __all__ = ["SampleSpec", "SyntheticDataConfig", "SyntheticMimoDataset"]
 
@@ -61,7 +61,7 @@ class SyntheticMimoDataset(Dataset[Sample]):
         self._frame_ranges = {
             name: self._frame_range(name, encoders)
             for name, m in model_config.modalities.items()
-            if (encoders := [e for e in m.encoders.values() if isinstance(e, AudioEncoderConfig)])
+            if (encoders := [e for e in m.encoders.values() if e.input_kind == "audio"])
         }
         self._check_capacity()
         self._templates = {
@@ -128,24 +128,24 @@ class SyntheticMimoDataset(Dataset[Sample]):
         """The unpadded token sequence: placeholders in modality order, then the arithmetic text."""
         offsets = (spec.text_start + spec.step * torch.arange(spec.num_text_tokens)) % self.num_text_ids
         placeholders = [
-            torch.full((spec.placeholder_counts[name],), modality.placeholder_id, dtype=torch.long)
+            torch.full((spec.placeholder_counts[name],), modality.token_id, dtype=torch.long)
             for name, modality in self.model_config.modalities.items()
         ]
         return torch.cat([*placeholders, self.first_text_id + offsets])
 
     def _placeholder_ids(self) -> list[int]:
-        return [m.placeholder_id for m in self.model_config.modalities.values()]
+        return [m.token_id for m in self.model_config.modalities.values()]
 
     def _rows(self, name: str, classes: list[int], frames: list[int]) -> int:
         rows = 0
         for encoder in self.model_config.modalities[name].encoders.values():
-            if isinstance(encoder, VisionEncoderConfig):
+            if encoder.input_kind == "vision":
                 rows += encoder.tokens_per_image * len(classes)
             else:
                 rows += sum(encoder.tokens_for_frames(n) for n in frames)
         return rows
 
-    def _frame_range(self, name: str, encoders: list[AudioEncoderConfig]) -> tuple[int, int]:
+    def _frame_range(self, name: str, encoders: list[EncoderConfig]) -> tuple[int, int]:
         high = min(e.max_frames for e in encoders)
         if self.config.max_frames is not None:
             high = min(high, self.config.max_frames)
@@ -173,7 +173,7 @@ class SyntheticMimoDataset(Dataset[Sample]):
 
     def _template(self, name: str, enc_name: str, encoder: EncoderConfig) -> Tensor:
         gen = seeded_generator("template", self.config.seed, name, enc_name)
-        if isinstance(encoder, VisionEncoderConfig):
+        if encoder.input_kind == "vision":
             shape = (encoder.num_channels, encoder.image_size, encoder.image_size)
         else:
             shape = (self._frame_ranges[name][1], encoder.num_mel_bins)
@@ -183,7 +183,7 @@ class SyntheticMimoDataset(Dataset[Sample]):
         """One encoder's inputs: class templates plus noise from a generator of its own (seed, index, encoder)."""
         gen = seeded_generator("noise", self.config.seed, index, name, enc_name)
         classes = torch.tensor(spec.item_classes[name], dtype=torch.long)
-        if isinstance(encoder, VisionEncoderConfig):
+        if encoder.input_kind == "vision":
             base = self._templates[name, enc_name][classes]
             return {PIXEL_VALUES: base + self.config.noise_std * torch.randn(base.shape, generator=gen)}
         lengths = torch.tensor(spec.clip_frames[name], dtype=torch.long)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mimo.model.configs import AudioEncoderConfig, EncoderConfig, ModalityConfig, VisionEncoderConfig
+from mimo.model.configs import EncoderConfig, ModalityConfig
 
 __all__ = ["item_token_counts", "modality_token_count", "tokens_per_sample"]
 
@@ -15,9 +15,9 @@ _PIXEL_VALUES, _FEATURES, _LENGTHS, _ITEMS_PER_SAMPLE = "pixel_values", "feature
 
 def item_token_counts(where: str, config: EncoderConfig, inputs: dict[str, Tensor]) -> Tensor:
     """Tokens per item ``[n_items]`` long, after checking the input shapes; ``where`` names the encoder in errors."""
-    if isinstance(config, VisionEncoderConfig):
+    if config.input_kind == "vision":
         return _vision_counts(where, config, inputs)
-    if isinstance(config, AudioEncoderConfig):
+    if config.input_kind == "audio":
         return _audio_counts(where, config, inputs)
     raise AssertionError(f"unknown encoder config type {type(config).__name__}")
 
@@ -66,7 +66,7 @@ def _require_kwargs(where: str, inputs: dict[str, Tensor], names: tuple[str, ...
         raise ValueError(f"{where}: inputs lack {missing}; they have {sorted(inputs)}")
 
 
-def _vision_counts(where: str, config: VisionEncoderConfig, inputs: dict[str, Tensor]) -> Tensor:
+def _vision_counts(where: str, config: EncoderConfig, inputs: dict[str, Tensor]) -> Tensor:
     _require_kwargs(where, inputs, (_PIXEL_VALUES,))
     pixels = inputs[_PIXEL_VALUES]
     expected = (config.num_channels, config.image_size, config.image_size)
@@ -78,7 +78,7 @@ def _vision_counts(where: str, config: VisionEncoderConfig, inputs: dict[str, Te
     return torch.full((pixels.shape[0],), config.tokens_per_image, dtype=torch.long)
 
 
-def _audio_counts(where: str, config: AudioEncoderConfig, inputs: dict[str, Tensor]) -> Tensor:
+def _audio_counts(where: str, config: EncoderConfig, inputs: dict[str, Tensor]) -> Tensor:
     _require_kwargs(where, inputs, (_FEATURES, _LENGTHS))
     features, lengths = inputs[_FEATURES], inputs[_LENGTHS]
     if features.ndim != 3 or features.shape[2] != config.num_mel_bins:

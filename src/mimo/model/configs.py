@@ -11,6 +11,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mimo.model.hf.encoder_config import HFEncoderConfig
+from mimo.model.hf.language_config import HFLanguageConfig
+
 LANGUAGE_MODULE = "language"
 """Key of the language model; every other module is a modality with a free name."""
 
@@ -103,6 +106,11 @@ class VisionEncoderConfig:
     def tokens_per_image(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
+    @property
+    def input_kind(self) -> Literal["vision"]:
+        """What this encoder reads (data code dispatches on it, whatever the family)."""
+        return "vision"
+
 
 @dataclass(kw_only=True)
 class AudioEncoderConfig:
@@ -144,19 +152,52 @@ class AudioEncoderConfig:
     def max_tokens(self) -> int:
         return math.ceil(self.max_frames / self.downsample)
 
+    @property
+    def input_kind(self) -> Literal["audio"]:
+        """What this encoder reads (data code dispatches on it, whatever the family)."""
+        return "audio"
 
-EncoderConfig = VisionEncoderConfig | AudioEncoderConfig
+
+EncoderConfig = VisionEncoderConfig | AudioEncoderConfig | HFEncoderConfig
+"""An encoder: built-in (``kind: vision | audio``) or a Hugging Face folder (``hf: DIR``)."""
+
+LanguageConfig = LanguageModelConfig | HFLanguageConfig
+"""The language model: built-in (sizes given) or a Hugging Face folder (``hf: DIR``)."""
+
+
+@dataclass(kw_only=True)
+class ProjectionConfig:
+    """How a modality's merged encoder rows reach the language model's hidden size."""
+
+    kind: Literal["mlp", "linear"] = "mlp"
+    """``mlp``: Linear -> GELU -> Linear (LLaVA's two-layer projector); ``linear``: one Linear."""
+    hidden_size: int | None = None
+    """Width of the MLP's middle layer; None: the language model's hidden size (as LLaVA)."""
+
+    def __post_init__(self) -> None:
+        if self.hidden_size is not None:
+            _require_positive("projection", hidden_size=self.hidden_size)
+            if self.kind == "linear":
+                raise ValueError("projection.hidden_size applies to kind 'mlp' only; a linear projection has none")
 
 
 @dataclass(kw_only=True)
 class ModalityConfig:
     """One modality: one or more encoders whose rows are merged per sample, then one projection."""
 
-    placeholder_id: int
+    placeholder_id: int | None = None
     """Token id that marks, in input_ids, each position this modality's rows fill."""
+    placeholder: str | None = None
+    """The same, named by a token string of the language model's tokenizer (``"<image>"``); added if missing."""
     encoders: dict[str, EncoderConfig]
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
 
     def __post_init__(self) -> None:
+        if (self.placeholder_id is None) == (self.placeholder is None):
+            raise ValueError(
+                f"give exactly one of placeholder_id and placeholder, got placeholder_id={self.placeholder_id!r}, "
+                f"placeholder={self.placeholder!r}"
+            )
         if not self.encoders:
             raise ValueError("a modality needs at least one encoder, got encoders={}")
         for name in self.encoders:
@@ -164,6 +205,13 @@ class ModalityConfig:
         hidden_sizes = {name: enc.hidden_size for name, enc in self.encoders.items()}
         if len(set(hidden_sizes.values())) > 1:
             raise ValueError(f"encoders of one modality must share hidden_size, got {hidden_sizes}")
+
+    @property
+    def token_id(self) -> int:
+        """The placeholder's id: ``placeholder_id``, or the id the tokenizer gave ``placeholder``."""
+        if self.placeholder_id is not None:
+            return self.placeholder_id
+        return int(getattr(self, "resolved_placeholder_id"))
 
     @property
     def encoder_hidden_size(self) -> int:
@@ -174,16 +222,18 @@ class ModalityConfig:
 class MimoModelConfig:
     """The whole model: one language model and any number of modalities (possibly none)."""
 
-    language: LanguageModelConfig = field(default_factory=LanguageModelConfig)
+    language: LanguageConfig = field(default_factory=LanguageModelConfig)
     modalities: dict[str, ModalityConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        seen: dict[int, str] = {}
-        for name, modality in self.modalities.items():
+        for name in self.modalities:
             _require_name("modality", name)
             if name == LANGUAGE_MODULE:
                 raise ValueError(f"modality name {name!r} is reserved for the language model")
-            token = modality.placeholder_id
+        self._resolve_placeholder_strings()
+        seen: dict[int, str] = {}
+        for name, modality in self.modalities.items():
+            token = modality.token_id
             if token == PAD_TOKEN_ID or not 0 < token < self.language.vocab_size:
                 raise ValueError(
                     f"modalities.{name}.placeholder_id={token} must be in [1, vocab_size={self.language.vocab_size})"
@@ -195,9 +245,28 @@ class MimoModelConfig:
                 )
             seen[token] = name
 
+    def _resolve_placeholder_strings(self) -> None:
+        """Turn ``placeholder: "<image>"`` into ids with the language model's tokenizer (adding missing tokens)."""
+        texts = {name: m.placeholder for name, m in self.modalities.items() if m.placeholder is not None}
+        if not texts:
+            return
+        if not isinstance(self.language, HFLanguageConfig):
+            name = next(iter(texts))
+            raise ValueError(
+                f"modalities.{name}.placeholder={texts[name]!r} needs a tokenizer, which only a Hugging Face "
+                "language model (model.language.hf) has; give placeholder_id instead"
+            )
+        from mimo.model.hf.tokenizer import resolve_placeholders
+
+        ids, added = resolve_placeholders(self.language.hf, texts)
+        for name, token in ids.items():
+            # Not a field change visible to asdict(): the recipe keeps its string, the id is derived again.
+            object.__setattr__(self.modalities[name], "resolved_placeholder_id", token)
+        self.language.added_tokens.update(added)  # type: ignore[attr-defined]
+
     @property
     def placeholder_ids(self) -> dict[str, int]:
-        return {name: m.placeholder_id for name, m in self.modalities.items()}
+        return {name: m.token_id for name, m in self.modalities.items()}
 
     @property
     def module_names(self) -> list[str]:

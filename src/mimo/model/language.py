@@ -90,13 +90,18 @@ class LanguageModel(nn.Module):
             raise ValueError("this LanguageModel slice was built with has_embedding=False and cannot embed")
         return self.embedding(input_ids, position_ids)
 
-    def forward(self, hidden: Tensor, *, labels: Tensor | None = None) -> Tensor:
+    passes_position_ids = False
+    """Positions enter once, at the embedding: later stages need only the hidden states."""
+
+    def forward(self, hidden: Tensor, *, position_ids: Tensor | None = None, labels: Tensor | None = None) -> Tensor:
         """Run the held layers on ``[B, S, H]``.
 
         Returns the per-token cross-entropy ``[B, S]`` (fp32, 0 where ``labels == -100``) when this slice has
-        the head, else the hidden states ``[B, S, H]``. ``labels`` is ignored by a slice without the head,
-        so a pipeline runner may pass the same arguments to every stage.
+        the head, else the hidden states ``[B, S, H]``. ``labels`` is ignored by a slice without the head, and
+        ``position_ids`` by every slice (learned positions are added by ``embed``), so a pipeline runner may pass
+        the same arguments to every stage.
         """
+        del position_ids
         for layer in self.layers.values():
             hidden = layer(hidden)
         if self.head is None:

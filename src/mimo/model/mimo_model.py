@@ -5,9 +5,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from mimo.model.configs import LANGUAGE_MODULE, MimoModelConfig
-from mimo.model.init import init_parameters
-from mimo.model.language import LanguageModel
 from mimo.model.modality import ModalitySubmodule
+from mimo.model.providers import build_language_slice
 from mimo.model.splice import check_tokens_per_sample, splice_embeddings
 from mimo.model.types import EncoderOutput
 
@@ -35,18 +34,17 @@ class MimoModel(nn.Module):
     def __init__(self, config: MimoModelConfig, *, seed: int = 0) -> None:
         super().__init__()
         self.config = config
-        self.language = LanguageModel(config.language)
+        # Each part is built under its full name, so a partial model built for one rank matches this one.
+        self.language = build_language_slice(config.language, seed=seed, prefix=LANGUAGE_PREFIX)
         self.modalities = nn.ModuleDict(
             {
-                name: ModalitySubmodule(modality, config.language.hidden_size)
+                name: ModalitySubmodule(
+                    modality, config.language.hidden_size, seed=seed, prefix=modality_prefix(name)
+                )
                 for name, modality in config.modalities.items()
             }
         )
         self.placeholder_ids = config.placeholder_ids
-        # Each part is seeded under its full name, so a partial model built for one rank matches this one.
-        init_parameters(self.language, seed=seed, prefix=LANGUAGE_PREFIX)
-        for name, modality in self.modalities.items():
-            init_parameters(modality, seed=seed, prefix=modality_prefix(name))
 
     def encode(self, modality_inputs: dict[str, dict[str, dict[str, Tensor]]]) -> dict[str, EncoderOutput]:
         """Run each modality present in ``modality_inputs``; rows are projected to the LM hidden size."""
@@ -72,4 +70,4 @@ class MimoModel(nn.Module):
         text = self.language.embed(input_ids, position_ids)
         rows = {name: output.embeddings for name, output in encoded.items()}
         combined = splice_embeddings(text, input_ids, rows, self.placeholder_ids)
-        return self.language(combined, labels=labels)
+        return self.language(combined, position_ids=position_ids, labels=labels)

@@ -10,29 +10,26 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mimo.model.audio import AudioEncoder
-from mimo.model.configs import AudioEncoderConfig, EncoderConfig, ModalityConfig, VisionEncoderConfig
+from mimo.model.configs import ModalityConfig, ProjectionConfig
 from mimo.model.encoder_layers import missing_part_error
+from mimo.model.init import init_parameters
+from mimo.model.providers import build_encoder_slice
 from mimo.model.types import EncoderOutput
-from mimo.model.vision import VisionEncoder
 
-__all__ = ["EncoderStates", "ModalitySubmodule", "build_encoder", "merge_per_sample"]
-
-Encoder = VisionEncoder | AudioEncoder
+__all__ = ["EncoderStates", "ModalitySubmodule", "build_projection", "merge_per_sample"]
 
 EncoderStates = dict[str, tuple[Tensor, dict[str, Tensor]]]
 """``{encoder name: (hidden [N, L, D], aux)}`` between the embedding, the blocks and the final norm."""
 
 
-def build_encoder(
-    config: EncoderConfig, *, layers: range | None = None, has_embedding: bool = True, has_head: bool = True
-) -> Encoder:
-    """The built-in encoder (or the slice of it holding ``layers``) for an encoder config."""
-    if isinstance(config, VisionEncoderConfig):
-        return VisionEncoder(config, layers=layers, has_embedding=has_embedding, has_head=has_head)
-    if isinstance(config, AudioEncoderConfig):
-        return AudioEncoder(config, layers=layers, has_embedding=has_embedding, has_head=has_head)
-    raise ValueError(f"unsupported encoder config type {type(config).__name__}")
+def build_projection(config: ProjectionConfig, encoder_hidden_size: int, language_hidden_size: int) -> nn.Module:
+    """``linear``: one Linear; ``mlp``: Linear -> GELU -> Linear (LLaVA's projector), middle width as configured."""
+    if config.kind == "linear":
+        return nn.Sequential(nn.Linear(encoder_hidden_size, language_hidden_size))
+    middle = config.hidden_size or language_hidden_size
+    return nn.Sequential(
+        nn.Linear(encoder_hidden_size, middle), nn.GELU(), nn.Linear(middle, language_hidden_size)
+    )
 
 
 def merge_per_sample(outputs: list[EncoderOutput]) -> EncoderOutput:
@@ -67,7 +64,8 @@ class ModalitySubmodule(nn.Module):
 
     ``layers`` maps an encoder name to the range of its blocks this slice holds (all blocks when absent);
     ``has_head`` brings the encoders' final norms and the projection. ``forward`` = ``embed`` -> ``run_layers``
-    -> ``finish``.
+    -> ``finish``. ``prefix`` is the modality's name in the whole model (``modalities.images.``): built-in parts
+    are initialised from ``(seed, full name)``, encoders of other families bring their own weights.
     """
 
     def __init__(
@@ -78,6 +76,8 @@ class ModalitySubmodule(nn.Module):
         layers: dict[str, range] | None = None,
         has_embedding: bool = True,
         has_head: bool = True,
+        seed: int = 0,
+        prefix: str = "",
     ) -> None:
         super().__init__()
         layers = layers or {}
@@ -89,19 +89,18 @@ class ModalitySubmodule(nn.Module):
         self.config = config
         self.encoders = nn.ModuleDict(
             {
-                name: build_encoder(enc, layers=layers.get(name), has_embedding=has_embedding, has_head=has_head)
+                name: build_encoder_slice(
+                    enc, layers=layers.get(name), has_embedding=has_embedding, has_head=has_head, seed=seed,
+                    prefix=f"{prefix}encoders.{name}.",
+                )
                 for name, enc in config.encoders.items()
             }
         )
         self.projection = (
-            nn.Sequential(
-                nn.Linear(config.encoder_hidden_size, language_hidden_size),
-                nn.GELU(),
-                nn.Linear(language_hidden_size, language_hidden_size),
-            )
-            if has_head
-            else None
+            build_projection(config.projection, config.encoder_hidden_size, language_hidden_size) if has_head else None
         )
+        if self.projection is not None:
+            init_parameters(self.projection, seed=seed, prefix=f"{prefix}projection.")
 
     def embed(self, encoder_inputs: dict[str, dict[str, Tensor]]) -> EncoderStates:
         """Check that every encoder (and only those) has inputs with ``items_per_sample``, and embed them."""

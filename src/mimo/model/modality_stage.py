@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from mimo.model.configs import MimoModelConfig
 from mimo.activation_keys import counts_key, metadata_key
-from mimo.model.init import init_parameters
 from mimo.model.mimo_model import modality_prefix
 from mimo.model.modality import EncoderStates, ModalitySubmodule
 from mimo.parallel.stage_split import split_layers
@@ -78,9 +77,10 @@ class ModalityStage(nn.Module):
             layers=self.layer_ranges,
             has_embedding=self.is_first_stage,
             has_head=self.is_last_stage,
+            seed=seed,
+            prefix=modality_prefix(name),
         )
         self.modalities = nn.ModuleDict({name: submodule})
-        init_parameters(submodule, seed=seed, prefix=modality_prefix(name))
 
     @property
     def is_first_stage(self) -> bool:

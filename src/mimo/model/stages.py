@@ -15,12 +15,14 @@ from typing import Any
 from torch import Tensor, nn
 
 from mimo.model.configs import LANGUAGE_MODULE, MimoModelConfig
-from mimo.model.init import init_parameters
-from mimo.model.language import LanguageModel
+from mimo.activation_keys import counts_key, metadata_key
 from mimo.model.mimo_model import LANGUAGE_PREFIX
-from mimo.activation_keys import counts_key
 from mimo.model.modality_stage import ModalityStage
+from mimo.model.providers import build_language_slice
 from mimo.model.splice import check_tokens_per_sample, splice_embeddings
+
+POSITION_IDS_KEY = metadata_key(LANGUAGE_MODULE, "position_ids")
+"""Position ids travel with the hidden states when every stage needs them (rotary embeddings)."""
 
 __all__ = ["LanguageStage", "ModalityStage"]
 
@@ -32,10 +34,10 @@ class LanguageStage(nn.Module):
         super().__init__()
         self.module_name = LANGUAGE_MODULE
         self.stage, self.num_stages = stage, num_stages
-        self.language = LanguageModel(
-            config.language, layers=layers, has_embedding=stage == 0, has_head=stage == num_stages - 1
+        self.language = build_language_slice(
+            config.language, layers=layers, has_embedding=stage == 0, has_head=stage == num_stages - 1, seed=seed,
+            prefix=LANGUAGE_PREFIX,
         )
-        init_parameters(self.language, seed=seed, prefix=LANGUAGE_PREFIX)
         self.placeholder_ids = config.placeholder_ids
 
     @property
@@ -71,5 +73,11 @@ class LanguageStage(nn.Module):
             hidden = splice_embeddings(self.language.embed(input_ids, position_ids), input_ids, rows, self.placeholder_ids)
         else:
             hidden = inputs[LANGUAGE_MODULE]
-        output = self.language(hidden, labels=labels)
-        return output if self.is_loss_stage else {LANGUAGE_MODULE: output}
+            position_ids = inputs.get(POSITION_IDS_KEY)
+        output = self.language(hidden, position_ids=position_ids, labels=labels)
+        if self.is_loss_stage:
+            return output
+        if getattr(self.language, "passes_position_ids", False):
+            assert position_ids is not None
+            return {LANGUAGE_MODULE: output, POSITION_IDS_KEY: position_ids}
+        return {LANGUAGE_MODULE: output}

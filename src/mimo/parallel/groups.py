@@ -30,13 +30,21 @@ class ModuleGroups:
     dp: dict[str, dist.ProcessGroup | None]
     activations: dist.ProcessGroup | None = None
     gradients: dist.ProcessGroup | None = None
+    tied: dist.ProcessGroup | None = None
+    """The first and last stage of this rank's language replica, when they hold copies of tied embeddings."""
 
     def dp_group(self, module: str) -> dist.ProcessGroup | None:
         return self.dp[module]
 
 
-def build_module_groups(layouts: Mapping[str, ModuleLayout], rank: int, *, timeout: timedelta) -> ModuleGroups:
+def build_module_groups(
+    layouts: Mapping[str, ModuleLayout], rank: int, *, timeout: timedelta, tied_module: str | None = None
+) -> ModuleGroups:
     """Create every module stage's DP group on every rank (collective, fixed order).
+
+    ``tied_module``: a pipelined module whose first and last stages hold copies of one tied parameter (the
+    language model's embedding and head): one group per replica joins those two stages to sum the copies'
+    gradients, as Megatron's embedding group does.
 
     ``timeout`` is given to every group: ``new_group`` does not inherit the default group's timeout (it falls
     back to the backend default of 30 minutes), and a dead peer must end a wait on any group just as fast.
@@ -50,9 +58,19 @@ def build_module_groups(layouts: Mapping[str, ModuleLayout], rank: int, *, timeo
                 groups[module] = group
     if not dist.is_initialized():
         return ModuleGroups(dp=groups)
+    tied = None
+    if tied_module is not None and layouts[tied_module].pp > 1:
+        layout = layouts[tied_module]
+        for dp_rank in range(layout.dp):
+            for tp_rank in range(layout.tp):
+                ends = [layout.rank_of(dp_rank, 0, tp_rank), layout.rank_of(dp_rank, layout.pp - 1, tp_rank)]
+                group = dist.new_group(ends, timeout=timeout)
+                if rank in ends:
+                    tied = group
     world = list(range(dist.get_world_size()))
     return ModuleGroups(
         dp=groups,
         activations=dist.new_group(world, timeout=timeout),
         gradients=dist.new_group(world, timeout=timeout),
+        tied=tied,
     )

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from mimo.model.tied import parameter_names
 from mimo.checkpoint import CheckpointError, CheckpointStore, check_compatible, load_tensors, new_nonce, read_json
 from mimo.checkpoint import read_tensor_shapes, save_tensors, tensor_specs, write_json
 from mimo.checkpoint.manifest import file_sha256
@@ -41,7 +42,8 @@ _OPTIMIZER_STATE_KEYS = {torch.optim.AdamW: ("step", "exp_avg", "exp_avg_sq"), t
 
 
 def _names(model: nn.Module) -> dict[nn.Parameter, str]:
-    return {parameter: name for name, parameter in model.named_parameters()}
+    # Tied copies (the head of a pipelined language model) are stored under their canonical parameter's name.
+    return parameter_names(model)
 
 
 def _rng_key(trainer: Trainer) -> str:
@@ -168,7 +170,7 @@ class Checkpointer:
         which is only true if this run initializes it from the same seed or file.
         """
         found = read_tensor_shapes(folder / "dcp")
-        model_state = {f"model.{name}": p.data for name, p in self.trainer.model.named_parameters()}
+        model_state = {f"model.{name}": p.data for p, name in _names(self.trainer.model).items()}
         present = {k: v for k, v in {**model_state, **_optimizer_template(self.trainer)}.items() if k in found}
         check_compatible(tensor_specs(present), found, source=f"checkpoint {folder}")
         absent = sorted(k for k in model_state if k not in found)

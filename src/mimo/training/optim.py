@@ -17,24 +17,49 @@ from mimo.config import LRScheduleConfig, OptimConfig, OptimizerConfig
 from mimo.model.configs import LANGUAGE_MODULE
 
 
-def module_of(model: nn.Module, name: str) -> nn.Module:
-    """The submodule holding module ``name`` ("language", a modality, or "<modality>.encoders|projection")."""
+_PARTS = ("encoders", "projection")
+
+
+def module_of(model: nn.Module, name: str) -> nn.Module | None:
+    """The submodule holding module ``name`` ("language", a modality, or "<modality>.encoders|projection").
+
+    None when this rank's slice of the model holds the module but not that part: a pipelined modality's projection
+    lives only on its last stage (``projection`` is None on the others), so there is nothing of it here. A name
+    this model (or stage) does not hold at all is a ``ValueError``.
+    """
     module, _, part = name.partition(".")
-    holder = model.language if module == LANGUAGE_MODULE else model.modalities[module]
-    return getattr(holder, part) if part else holder
+    if module == LANGUAGE_MODULE:
+        holder = getattr(model, "language", None) if not part else None
+    else:
+        modalities = getattr(model, "modalities", None)
+        held = modalities is not None and module in modalities and part in ("", *_PARTS)
+        holder = modalities[module] if held else None
+    if holder is None:
+        raise ValueError(
+            f"{name!r} is not a module of this model slice ({type(model).__name__}): expected 'language', a "
+            f"modality it holds, or '<modality>.encoders' / '<modality>.projection'"
+        )
+    return getattr(holder, part, None) if part else holder
+
+
+def parameters_of(model: nn.Module, name: str) -> list[nn.Parameter]:
+    """The parameters of module ``name`` that this rank holds (none where its slice lacks that part)."""
+    module = module_of(model, name)
+    return [] if module is None else list(module.parameters())
 
 
 def apply_freezing(model: nn.Module, freeze: Iterable[str]) -> None:
+    """Freeze every listed module or part this rank holds; a part another stage holds has nothing to freeze here."""
     for name in freeze:
-        for parameter in module_of(model, name).parameters():
+        for parameter in parameters_of(model, name):
             parameter.requires_grad_(False)
 
 
 def trainable_parameters(model: nn.Module, module_names: Iterable[str]) -> dict[str, list[nn.Parameter]]:
-    """Trainable parameters per module, in a fixed order; modules with none are left out."""
+    """Trainable parameters per module, in a fixed order; modules with none (on this rank) are left out."""
     by_module = {}
     for name in module_names:
-        params = [p for p in module_of(model, name).parameters() if p.requires_grad]
+        params = [p for p in parameters_of(model, name) if p.requires_grad]
         if params:
             by_module[name] = params
     return by_module

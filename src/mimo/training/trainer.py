@@ -26,6 +26,7 @@ from mimo.distributed import DistributedContext, raise_if_any_rank_failed
 from mimo.errors import CommunicationError, NonFiniteError, TrainingError
 from mimo.export import load_consolidated
 from mimo.model.configs import LANGUAGE_MODULE
+from mimo.model.tied import tied_copies
 from mimo.parallel.groups import build_module_groups
 from mimo.pipeline.runner import StageLosses
 from mimo.training import grads
@@ -55,8 +56,10 @@ class Trainer:
         except ValueError as caught:
             error = caught
         raise_if_any_rank_failed(error)
+        tied = getattr(cfg.model.language, "tie_word_embeddings", False)
         self.groups = build_module_groups(
-            plan.layouts, ctx.rank, timeout=timedelta(seconds=self.cfg.train.collective_timeout_s)
+            plan.layouts, ctx.rank, timeout=timedelta(seconds=self.cfg.train.collective_timeout_s),
+            tied_module=LANGUAGE_MODULE if tied else None,
         )
         self.engine.use_groups(self.groups)
 
@@ -72,6 +75,14 @@ class Trainer:
         apply_freezing(self.model, [name for name in cfg.optim.freeze if name.split(".")[0] in self.engine.modules])
         self.params_by_module = trainable_parameters(self.model, self.engine.modules)
         self.params = [p for params in self.params_by_module.values() for p in params]
+        copies = tied_copies(self.model)
+        named = dict(self.model.named_parameters())
+        self.tied_params = [named[name] for name in copies if named[name].requires_grad]
+        # A tied copy on the last stage repeats the first stage's tensor: the norm counts the tensor once.
+        repeated = {id(named[name]) for name, canonical in copies.items() if name != canonical}
+        self.norm_params_by_module = {
+            module: [p for p in params if id(p) not in repeated] for module, params in self.params_by_module.items()
+        }
         self.optimizers = ModuleOptimizers(self.params_by_module, cfg.optim, total_steps=cfg.train.steps)
         self.loader = self._build_loader()
         init_source = {
@@ -135,12 +146,16 @@ class Trainer:
         """Sum gradients over each module's DP group; then, over the world, sum ``[loss, tokens, norm^2 per
         module]`` (only replica 0 of a module contributes its norm) and take the max of the flags
         ``[earliest non-finite microbatch (encoded), stop requested]``."""
-        for module, params in self.params_by_module.items():
+        for params in self.params_by_module.values():
             grads.materialize_grads(params)
+        if self.groups.tied is not None and self.tied_params:
+            with self._failure("all-reduce of the tied embedding's gradients between the first and last stage"):
+                grads.all_reduce_grads(self.tied_params, self.groups.tied)
+        for module, params in self.params_by_module.items():
             ranks = self.plan.layouts[module].stage_ranks(self.engine.role.stages[module])
             with self._failure(f"module {module!r}: all-reduce of gradients over its data-parallel ranks {ranks}"):
                 grads.all_reduce_grads(params, self.groups.dp_group(module))
-        norms = [grads.squared_norm(self.params_by_module.get(m, [])) if self._counts_norm(m) else torch.zeros(())
+        norms = [grads.squared_norm(self.norm_params_by_module.get(m, [])) if self._counts_norm(m) else torch.zeros(())
                  for m in self.all_modules]
         totals = torch.cat([losses.reported, torch.stack(norms).float()]).to(self.ctx.device)
         # Under MAX, ``num_microbatches - index`` picks the earliest non-finite microbatch of any rank (0: none).

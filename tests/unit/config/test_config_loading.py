@@ -52,6 +52,12 @@ def test_builds_nested_values_and_discriminated_unions():
     assert built.maybe is None
 
 
+def test_a_union_without_kind_takes_the_only_member_whose_fields_cover_the_keys():
+    built = build_dataclass(_Outer, {"count": 1, "pets": {"tom": {"lives": 3}, "rex": {"bark": "grr"}}})
+    assert isinstance(built.pets["tom"], _Cat) and built.pets["tom"].lives == 3
+    assert isinstance(built.pets["rex"], _Dog) and built.pets["rex"].bark == "grr"
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -65,7 +71,7 @@ def test_builds_nested_values_and_discriminated_unions():
         ({"count": 1, "mode": "c"}, "mode='c' is not one of 'a', 'b'"),
         ({"count": 1, "inner": {"rate": -1}}, "inner: rate must be >= 0, got -1.0"),
         ({"count": 1, "inner": {"names": "x"}}, "inner.names must be a list"),
-        ({"count": 1, "pets": {"tom": {"lives": 3}}}, "pets.tom needs a 'kind' key"),
+        ({"count": 1, "pets": {"tom": {}}}, "pets.tom needs a 'kind' key"),
         ({"count": 1, "pets": {"tom": {"kind": "fish"}}}, "pets.tom.kind='fish' is not one of: cat, dog"),
         ({"count": 1, "pets": {"tom": {"kind": "cat", "bark": "x"}}}, "unknown key 'pets.tom.bark'"),
         ([1, 2], "the config must be a mapping"),

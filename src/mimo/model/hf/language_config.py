@@ -1,0 +1,101 @@
+"""``model.language: {hf: DIR}``: a Hugging Face causal language model from a local folder.
+
+Pure: sizes are read from the folder's ``config.json`` with ``json``, so a recipe is checked (and a pipeline
+planned) before torch or transformers are imported. Placeholder tokens that the tokenizer lacks are added by
+``MimoModelConfig``; ``vocab_size`` then counts them, and the model's embedding grows to match when it is built.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["HFLanguageConfig", "read_hf_config"]
+
+_CAUSAL_LM_SUFFIX = "ForCausalLM"
+
+
+def read_hf_config(folder: str, owner: str) -> dict[str, Any]:
+    """The parsed ``config.json`` of ``folder``; ValueError naming ``owner`` and the folder when it is not one."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise ValueError(f"{owner}.hf={folder!r} is not a directory")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{owner}.hf={folder!r} is not a Hugging Face model folder (no config.json)")
+    try:
+        data = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{owner}.hf={folder!r}: config.json is not readable JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{owner}.hf={folder!r}: config.json does not hold a mapping")
+    return data
+
+
+@dataclass(kw_only=True)
+class HFLanguageConfig:
+    """A local Hugging Face causal LM with the ``model.embed_tokens / model.layers / model.norm / lm_head``
+    structure (Llama, Qwen2, Qwen3, Mistral, SmolLM, ...)."""
+
+    kind: Literal["hf"] = "hf"
+    hf: str
+    """Folder written by ``save_pretrained`` (config.json, safetensors, usually the tokenizer)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+
+    def __post_init__(self) -> None:
+        self.hf = str(Path(self.hf).expanduser())
+        data = read_hf_config(self.hf, "model.language")
+        architectures = data.get("architectures") or []
+        if not any(str(a).endswith(_CAUSAL_LM_SUFFIX) for a in architectures):
+            raise ValueError(
+                f"model.language.hf={self.hf!r} holds {architectures or data.get('model_type', 'an unknown model')}, "
+                f"not a causal language model (expected an architecture ending in {_CAUSAL_LM_SUFFIX!r})"
+            )
+        missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads") if k not in data]
+        if missing:
+            raise ValueError(f"model.language.hf={self.hf!r}: config.json lacks {missing}")
+        # Not dataclass fields: asdict() (checkpoint meta) must give back only what the user wrote.
+        object.__setattr__(self, "_hf_config", data)
+        object.__setattr__(self, "added_tokens", {})
+
+    @property
+    def hf_config(self) -> dict[str, Any]:
+        return self._hf_config  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def model_type(self) -> str:
+        return str(self.hf_config.get("model_type", "unknown"))
+
+    @property
+    def base_vocab_size(self) -> int:
+        """Rows of the saved embedding."""
+        return int(self.hf_config["vocab_size"])
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the embedding once the added placeholder tokens are in."""
+        ids = list(self.added_tokens.values())  # type: ignore[attr-defined]
+        return max([self.base_vocab_size, *(i + 1 for i in ids)])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.hf_config["hidden_size"])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.hf_config["num_hidden_layers"])
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.hf_config["num_attention_heads"])
+
+    @property
+    def tie_word_embeddings(self) -> bool:
+        return bool(self.hf_config.get("tie_word_embeddings", False))
+
+    @property
+    def max_seq_len(self) -> int:
+        return int(self.hf_config.get("max_position_embeddings", 2**31 - 1))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from mimo import hf_models
 from mimo.config import load_config
 from mimo.errors import TrainingError
 
@@ -24,16 +25,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--run-dir", help="where metrics go (overrides run_dir)")
     train.add_argument("--export", metavar="FILE", help="write the final weights as one safetensors file")
+    train.add_argument("--export-hf", metavar="DIR",
+                       help="write the final weights as Hugging Face folders (save_pretrained) + projections")
     train.add_argument("--resume", metavar="CHECKPOINT",
                        help="continue from 'latest' (in the run's checkpoint dir), a checkpoint folder or a root")
-    train.add_argument("--init-from", metavar="FILE", help="start from consolidated weights (safetensors)")
+    train.add_argument("--init-from", metavar="PATH",
+                       help="start from consolidated weights (a safetensors file, or an --export-hf folder)")
     train.add_argument(
         "--nproc", type=int, metavar="N",
         help="start N processes on this machine with torchrun (same as `torchrun --nproc-per-node N -m mimo ...`)",
     )
-    export = commands.add_parser("export", help="consolidate a checkpoint into one safetensors file")
+    export = commands.add_parser("export", help="consolidate a checkpoint into a safetensors file or HF folders")
     export.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a root holding 'latest'")
-    export.add_argument("--out", required=True, metavar="FILE")
+    export.add_argument("--out", metavar="FILE", help="one safetensors file with every tensor (mimo names)")
+    export.add_argument("--hf", metavar="DIR", help="Hugging Face folders (from_pretrained) + the projections")
+    hf = commands.add_parser("hf", help="make Hugging Face model folders to train, without a hub")
+    hf_models.add_arguments(hf)
     return parser
 
 
@@ -44,10 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train" and args.nproc is not None:
         return _relaunch_with_torchrun(args.nproc, argv)
     try:
+        if args.command == "hf":
+            return hf_models.main(args)
         if args.command == "export":
             from mimo.training.checkpoint_export import export_checkpoint
 
-            print(f"weights: {export_checkpoint(args.checkpoint, args.out)}")
+            for written in export_checkpoint(args.checkpoint, args.out, hf=args.hf):
+                print(f"written: {written}")
             return 0
         config = load_config(args.config, _overrides(args))
         from mimo.run import run_training  # deferred: parsing errors should not wait for torch to import
@@ -55,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         resume = args.resume
         if resume == "latest":
             resume = config.checkpoint_dir  # the root: its 'latest' pointer names the checkpoint
-        run_training(config, export_path=args.export, resume=resume, init_from=args.init_from)
+        run_training(config, export_path=args.export, export_hf=args.export_hf, resume=resume,
+                     init_from=args.init_from)
     except ValueError as error:
         print(f"mimo: error: {error}", file=sys.stderr)
         return 2
@@ -82,7 +93,7 @@ def _relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
         from mimo.run import check_paths
         from mimo.training.run_plan import plan_run
 
-        check_paths(config, init_from=args.init_from)
+        check_paths(config, init_from=args.init_from, export_hf=args.export_hf)
         plan_run(config, world_size=nproc)
     except ValueError as error:
         print(f"mimo: error: {error}", file=sys.stderr)

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 def save_safetensors(tensors: dict[str, Tensor], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    contiguous = {name: tensor.detach().cpu().contiguous() for name, tensor in sorted(tensors.items())}
+    # Cloned: tied weights (embedding and head) share memory, which safetensors refuses to write twice.
+    contiguous = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in sorted(tensors.items())}
     save_file(contiguous, str(path), metadata={"format": "mimo"})
     return path
 
@@ -46,11 +47,17 @@ def load_safetensors(path: str | Path) -> dict[str, Tensor]:
 
 def export_consolidated(trainer: Trainer, path: str | Path) -> Path | None:
     """Gather the whole model's weights from every rank and write them on rank 0 (returns None elsewhere)."""
+    merged = gather_consolidated(trainer)
+    return None if merged is None else save_safetensors(merged, path)
+
+
+def gather_consolidated(trainer: Trainer) -> dict[str, Tensor] | None:
+    """The whole model's weights on rank 0, gathered from every rank's part (None on the other ranks)."""
     role = trainer.engine.role
     is_first_replica = all(role.dp_rank[module] == 0 for module in trainer.engine.modules)
     local = {name: t.detach().cpu() for name, t in trainer.model.state_dict().items()} if is_first_replica else {}
     if not dist.is_initialized():
-        return save_safetensors(local, path)
+        return local
     gathered: list[dict[str, Tensor]] | None = [{} for _ in range(dist.get_world_size())] if dist.get_rank() == 0 else None
     dist.gather_object(local, gathered, dst=0)
     if gathered is None:
@@ -61,16 +68,19 @@ def export_consolidated(trainer: Trainer, path: str | Path) -> Path | None:
         if duplicated:
             raise RuntimeError(f"two ranks export the same tensors {duplicated[:5]}: the layout overlaps")
         merged.update(part)
-    return save_safetensors(merged, path)
+    return merged
 
 
 def load_consolidated(model: nn.Module, path: str | Path) -> None:
-    """Copy this rank's parameters from a consolidated safetensors file (the format ``export`` writes).
+    """Copy this rank's parameters from a consolidated safetensors file (the format ``export`` writes) or a
+    folder written by ``--export-hf``.
 
     Tensors of other stages or modules in the file are ignored; a parameter of this rank that the file lacks, or
     holds with another shape, is an error listing every such tensor.
     """
-    tensors = load_safetensors(path)
+    from mimo.model.hf.export import is_hf_export, read_hf_export
+
+    tensors = read_hf_export(path) if is_hf_export(path) else load_safetensors(path)
     problems = []
     for name, parameter in model.named_parameters():
         if name not in tensors:

@@ -7,6 +7,7 @@ traceback; a rank that is still running at the deadline gets every process kille
 from __future__ import annotations
 
 import multiprocessing as mp
+import pickle
 import queue
 import traceback
 from collections.abc import Callable
@@ -70,7 +71,7 @@ def _collect(results: mp.Queue, outcomes: dict, world_size: int, timeout_s: floa
             rank, status, detail = results.get(timeout=min(remaining, 1.0))
         except queue.Empty:
             continue
-        outcomes[rank] = (status, detail)
+        outcomes[rank] = (status, pickle.loads(detail) if status == "ok" else detail)
         if status == "error":
             return  # no need to wait for the peers of a failed rank: they may be blocked on it
 
@@ -94,7 +95,9 @@ def _entry(
             timeout=timedelta(seconds=collective_timeout_s),
         )
         value = fn(rank, world_size, *args)
-        results.put((rank, "ok", value))
+        # Plain pickle: the queue's own pickler would share tensors through file descriptors that vanish when
+        # this process exits before the parent reads them (seen under load as FileNotFoundError).
+        results.put((rank, "ok", pickle.dumps(value)))
     except BaseException:
         results.put((rank, "error", traceback.format_exc()))
     finally:

@@ -39,7 +39,7 @@ def test_init_from_a_directory_that_is_not_a_model(tmp_path, nproc):
     folder.mkdir()
     (folder / "notes.txt").write_text("not weights\n")
     result = mimo(*TRAIN, *nproc, "--run-dir", str(tmp_path / "run"), "--init-from", str(folder), timeout=60)
-    assert_one_clear_error(result, str(folder), "is a directory, not a safetensors file")
+    assert_one_clear_error(result, str(folder), "is a directory, neither a safetensors file nor a folder written by --export-hf")
 
 
 def test_init_from_a_yaml_recipe_by_mistake(tmp_path):

@@ -71,6 +71,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def path_sha256(path: Path) -> str:
+    """Hex sha256 of a file, or of a folder's files (relative names and contents, in name order)."""
+    path = Path(path)
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{file_sha256(file)}\n".encode())
+    return digest.hexdigest()
+
+
 def write_manifest(folder: Path, step: int) -> Manifest:
     """Hash every file under ``folder``, write ``manifest.json`` into it and fsync the folder tree."""
     entries = []

@@ -8,12 +8,17 @@ from mimo.checkpoint import CheckpointError, CheckpointStore, load_tensors, read
 from mimo.config import config_from_dict
 from mimo.export import load_consolidated, save_safetensors
 from mimo.model import MimoModel
-from mimo.checkpoint.manifest import file_sha256
+from mimo.checkpoint.manifest import path_sha256
 from mimo.training.checkpointing import FORMAT
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
-    """Rebuild the whole model from a checkpoint (frozen weights from their recorded source) and write it."""
+def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *, hf: str | Path | None = None) -> list[Path]:
+    """Rebuild the whole model from a checkpoint (frozen weights from their recorded source) and write it as one
+    safetensors file (``out``) and/or Hugging Face folders (``hf``); returns what was written."""
+    if out is None and hf is None:
+        raise ValueError("mimo export needs --out FILE, --hf DIR, or both")
+    if hf is not None and Path(hf).exists() and (not Path(hf).is_dir() or any(Path(hf).iterdir())):
+        raise ValueError(f"--hf {str(hf)!r} exists and is not an empty folder")
     checkpoint = Path(checkpoint)
     store = CheckpointStore(checkpoint)
     folder = store.resolve(checkpoint)
@@ -29,7 +34,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     if referenced and source["init_from"]:
         # Frozen weights were not saved: they come from the file the run started from.
         init_file = Path(source["init_from"])
-        if not init_file.is_file() or file_sha256(init_file) != source["init_from_sha256"]:
+        if not init_file.exists() or path_sha256(init_file) != source["init_from_sha256"]:
             raise CheckpointError(
                 f"{folder} references {len(referenced)} frozen parameters to {init_file}, which is missing or has "
                 "changed since the run started (sha256 differs)"
@@ -37,4 +42,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
         load_consolidated(model, init_file)
     weights = {f"model.{name}": p.data for name, p in model.named_parameters() if f"model.{name}" in found}
     load_tensors(weights, folder / "dcp")
-    return save_safetensors(model.state_dict(), out)
+    written = []
+    if out is not None:
+        written.append(save_safetensors(model.state_dict(), out))
+    if hf is not None:
+        from mimo.model.hf.export import export_hf
+
+        written.append(export_hf(model.state_dict(), cfg.model, hf).parent)
+    return written

@@ -28,7 +28,6 @@ from torch import Tensor, nn
 from mimo.model.tied import parameter_names
 from mimo.checkpoint import CheckpointError, CheckpointStore, check_compatible, load_tensors, new_nonce, read_json
 from mimo.checkpoint import read_tensor_shapes, save_tensors, tensor_specs, write_json
-from mimo.checkpoint.manifest import file_sha256
 from mimo.distributed import raise_if_any_rank_failed
 
 if TYPE_CHECKING:

@@ -30,7 +30,7 @@ from mimo.model.tied import tied_copies
 from mimo.parallel.groups import build_module_groups
 from mimo.pipeline.runner import StageLosses
 from mimo.training import grads
-from mimo.checkpoint.manifest import file_sha256
+from mimo.checkpoint.manifest import path_sha256
 from mimo.training.checkpointing import Checkpointer
 from mimo.training.engines import FusedEngine, PipelineEngine
 from mimo.training.metrics import MetricsLog, StepMetrics
@@ -88,7 +88,7 @@ class Trainer:
         init_source = {
             "seed": cfg.train.seed,
             "init_from": str(Path(init_from).resolve()) if init_from else None,
-            "init_from_sha256": file_sha256(init_from) if init_from else None,
+            "init_from_sha256": path_sha256(Path(init_from)) if init_from else None,
         }
         self.checkpointer = Checkpointer(self, cfg.checkpoint_dir, keep=cfg.checkpoint.keep,
                                          verify_checksums=cfg.checkpoint.verify == "checksums", init_source=init_source)

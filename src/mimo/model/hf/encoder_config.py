@@ -86,6 +86,8 @@ class HFEncoderConfig:
     def __post_init__(self) -> None:
         if self.kind != "hf":
             raise ValueError(f"HFEncoderConfig.kind must be 'hf', got {self.kind!r}")
+        if not isinstance(self.hf, (str, Path)):
+            raise ValueError(f"hf encoder hf must be a folder path, got {self.hf!r}")
         self.hf = str(Path(self.hf).expanduser())
         data = _read_config_json(self.hf)
         model_type = data.get("model_type")

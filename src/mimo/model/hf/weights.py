@@ -68,7 +68,8 @@ def empty_parameters() -> Iterator[None]:
 
     def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
         register(module, name, param)
-        if param is not None:
+        # A parameter already on meta is kept as is: re-wrapping it would untie ``b.weight = a.weight``.
+        if param is not None and not param.is_meta:
             kind = type(module._parameters[name])
             module._parameters[name] = kind(module._parameters[name].to("meta"), requires_grad=param.requires_grad)
 
@@ -89,16 +90,22 @@ def materialize(
 ) -> None:
     """Give every meta parameter of ``module`` its tensor from ``files`` (``source_name`` maps our name to the
     folder's), cast to ``dtype``. Parameters already real (e.g. freshly initialised rows) are left alone."""
-    wanted = {name: source_name(name) for name, p in module.named_parameters() if p.is_meta}
+    # A tied parameter has several names (remove_duplicate=False lists them all): it is read once, under its
+    # first name, and every owner gets the same new Parameter, so the tie survives.
+    shared: dict[int, tuple[nn.Parameter, list[str]]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if p.is_meta:
+            shared.setdefault(id(p), (p, []))[1].append(name)
+    wanted = {key: source_name(names[0]) for key, (_, names) in shared.items()}
     tensors = files.read(dict.fromkeys(wanted.values()))
-    for name, source in wanted.items():
-        owner_name, _, local = name.rpartition(".")
-        owner = module.get_submodule(owner_name)
-        old = owner._parameters[local]
-        assert old is not None
+    for key, source in wanted.items():
+        old, names = shared[key]
         value = tensors[source]
         if tuple(value.shape) != tuple(old.shape):
             raise ValueError(
                 f"{files.folder}: tensor {source} has shape {list(value.shape)}, the model expects {list(old.shape)}"
             )
-        owner._parameters[local] = nn.Parameter(value.to(device=device, dtype=dtype), requires_grad=old.requires_grad)
+        new = nn.Parameter(value.to(device=device, dtype=dtype), requires_grad=old.requires_grad)
+        for name in names:
+            owner_name, _, local = name.rpartition(".")
+            module.get_submodule(owner_name)._parameters[local] = new

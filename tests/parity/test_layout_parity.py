@@ -15,7 +15,7 @@ from mimo.config import config_from_dict
 from mimo.data import MicrobatchLoader, SyntheticMimoDataset
 from mimo.model import MimoModel
 from tests.parity.harness import assert_same_training, distributed_run
-from tests.parity.reference import reference_run
+from tests.parity.reference import reference_run, reference_training, settle_key_biases
 
 pytestmark = pytest.mark.distributed
 
@@ -92,3 +92,55 @@ def test_parity_data_has_variable_items_per_sample():
         for batch in loader.next_step():
             counts.update(batch["modality_inputs"]["images"]["vit"]["items_per_sample"].tolist())
     assert {0, 1, 2} <= counts
+
+
+# --- Clipping that fires, and AdamW with warmup (``reference_training``: the same loop, other updates) ---------
+
+
+def _with_optim(raw: dict[str, Any], **optim: Any) -> dict[str, Any]:
+    raw = copy.deepcopy(raw)
+    raw["optim"].update(copy.deepcopy(optim))
+    return raw
+
+
+CLIP_GRAD = 0.1  # the gradient norm of these steps is ~0.3-2.3: clipping scales every step
+CLIPPED = (3, _with_optim(_config(layout=_layout(images=(2, 1, 0), language=(1, 1, 2))), clip_grad=CLIP_GRAD))
+ADAMW = (
+    4,
+    _with_optim(
+        _config(audio=True, layout=_layout(images=(1, 1, 0), audio=(1, 1, 1), language=(1, 2, 2))),
+        default={"name": "adamw", "lr": 3e-3, "weight_decay": 0.01},
+        modules={"images": {"name": "adamw", "lr": 1e-2, "beta2": 0.99}},
+        lr_schedule={"warmup_steps": 2, "decay": "constant"},
+        clip_grad=1.0,
+    ),
+)
+
+
+def _initial(raw: dict[str, Any]) -> dict[str, Any]:
+    cfg = config_from_dict(copy.deepcopy(raw))
+    return {name: t.detach().clone() for name, t in MimoModel(cfg.model, seed=cfg.train.seed).state_dict().items()}
+
+
+def test_clipping_fires_and_matches_reference(tmp_path):
+    world_size, raw = CLIPPED
+    ref = reference_training(raw, STEPS)
+    assert all(norm > 2 * CLIP_GRAD for norm in ref.grad_norms), f"clipping must fire every step: {ref.grad_norms}"
+    losses, weights = distributed_run(raw, STEPS, world_size=world_size, tmp_path=tmp_path)
+    assert all(rank_losses == losses[0] for rank_losses in losses), f"ranks disagree on the loss: {losses}"
+    assert_same_training(losses[0], weights, ref.losses, ref.weights, initial=_initial(raw))
+
+
+def test_adamw_with_warmup_matches_reference(tmp_path):
+    """AdamW (per-module lr and betas, weight decay) and linear warmup: loss within 1e-5, weights within 1e-4."""
+    world_size, raw = ADAMW
+    ref = reference_training(raw, STEPS)
+    losses, weights = distributed_run(raw, STEPS, world_size=world_size, tmp_path=tmp_path)
+    assert all(rank_losses == losses[0] for rank_losses in losses), f"ranks disagree on the loss: {losses}"
+    for step, (got, want) in enumerate(zip(losses[0], ref.losses), start=1):
+        assert abs(got - want) <= 1e-5 * abs(want), f"step {step}: loss {got} vs reference {want}"
+    initial = _initial(raw)
+    max_move = 0.05 * 1e-2 * STEPS  # a real gradient moves a weight by ~lr per step; noise by ~lr / 100
+    weights = settle_key_biases(weights, initial, max_move=max_move, who="mimo")
+    ref_weights = settle_key_biases(ref.weights, initial, max_move=max_move, who="reference")
+    assert_same_training(losses[0], weights, ref.losses, ref_weights, initial=initial, rtol=1e-4)

@@ -173,8 +173,15 @@ class ProjectionConfig:
     """``mlp``: Linear -> GELU -> Linear (LLaVA's two-layer projector); ``linear``: one Linear."""
     hidden_size: int | None = None
     """Width of the MLP's middle layer; None: the language model's hidden size (as LLaVA)."""
+    input_size: int | None = None
+    """Optional statement of the rows' width (LLaVA's ``mm_hidden_size``): checked against the encoders."""
+    output_size: int | None = None
+    """Optional statement of the output width: checked against the language model's hidden size."""
 
     def __post_init__(self) -> None:
+        for name in ("input_size", "output_size"):
+            if getattr(self, name) is not None:
+                _require_positive("projection", **{name: getattr(self, name)})
         if self.hidden_size is not None:
             _require_positive("projection", hidden_size=self.hidden_size)
             if self.kind == "linear":
@@ -244,6 +251,20 @@ class MimoModelConfig:
                     f"modalities.{name}.placeholder_id={token} is already used by modality {seen[token]!r}"
                 )
             seen[token] = name
+            self._check_projection_fits(name, modality)
+
+    def _check_projection_fits(self, name: str, modality: ModalityConfig) -> None:
+        projection = modality.projection
+        if projection.input_size is not None and projection.input_size != modality.encoder_hidden_size:
+            raise ValueError(
+                f"modalities.{name}.projection.input_size={projection.input_size} does not fit: its encoders "
+                f"({', '.join(modality.encoders)}) emit rows of width {modality.encoder_hidden_size}"
+            )
+        if projection.output_size is not None and projection.output_size != self.language.hidden_size:
+            raise ValueError(
+                f"modalities.{name}.projection.output_size={projection.output_size} does not fit: the language "
+                f"model's hidden size is {self.language.hidden_size}"
+            )
 
     def _resolve_placeholder_strings(self) -> None:
         """Turn ``placeholder: "<image>"`` into ids with the language model's tokenizer (adding missing tokens)."""

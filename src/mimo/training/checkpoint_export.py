@@ -9,7 +9,7 @@ from mimo.config import config_from_dict
 from mimo.export import load_consolidated, save_safetensors
 from mimo.model import MimoModel
 from mimo.checkpoint.manifest import path_sha256
-from mimo.training.checkpointing import FORMAT
+from mimo.training.checkpointing import FORMAT, frozen_hf_fingerprints
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *, hf: str | Path | None = None) -> list[Path]:
@@ -28,6 +28,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *, 
         raise CheckpointError(f"{folder / 'meta.json'} is not a {FORMAT} file")
     cfg = config_from_dict(meta["config"])
     source = meta["frozen_parameters_from"]
+    if source.get("hf_sha256") and frozen_hf_fingerprints(cfg) != source["hf_sha256"]:
+        raise CheckpointError(
+            f"{folder} references frozen weights to the Hugging Face folders {sorted(source['hf_sha256'])}, which "
+            "are missing or have changed since the run started (sha256 differs)"
+        )
     model = MimoModel(cfg.model, seed=source["seed"])
     found = read_tensor_shapes(folder / "dcp")
     referenced = [name for name, _ in model.named_parameters() if f"model.{name}" not in found]

@@ -28,7 +28,10 @@ from torch import Tensor, nn
 from mimo.model.tied import parameter_names
 from mimo.checkpoint import CheckpointError, CheckpointStore, check_compatible, load_tensors, new_nonce, read_json
 from mimo.checkpoint import read_tensor_shapes, save_tensors, tensor_specs, write_json
+from mimo.checkpoint.manifest import path_sha256
+from mimo.config import MimoConfig
 from mimo.distributed import raise_if_any_rank_failed
+from mimo.model.configs import LANGUAGE_MODULE
 
 if TYPE_CHECKING:
     from mimo.training.trainer import Trainer
@@ -178,7 +181,7 @@ class Checkpointer:
             raise CheckpointError(
                 f"{folder} does not hold {len(absent)} parameters (e.g. {absent[:3]}): they were frozen and are "
                 f"referenced to their initialization {saved_source}, but this run initializes from "
-                f"{self.init_source}; resume with the same seed and --init-from file"
+                f"{self.init_source}; resume with the same seed, --init-from file and Hugging Face folders"
             )
         if absent:
             logger.info("%d parameters were frozen when saved: taken from the initialization", len(absent))
@@ -208,9 +211,24 @@ class Checkpointer:
                         optimizer.state[parameter] = entries
 
 
-def _identity(source: dict[str, Any]) -> tuple[Any, Any]:
-    """What makes two initializations equal: the seed and the content of the --init-from file (not its path)."""
-    return source.get("seed"), source.get("init_from_sha256")
+def _identity(source: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """What makes two initializations equal: the seed, the content of the --init-from file (not its path) and
+    the content of the Hugging Face folders that frozen modules load from."""
+    return source.get("seed"), source.get("init_from_sha256"), source.get("hf_sha256")
+
+
+def frozen_hf_fingerprints(cfg: MimoConfig) -> dict[str, str] | None:
+    """sha256 of every Hugging Face folder a frozen module (or part) loads its weights from, by folder; None
+    when nothing frozen comes from one. Frozen weights are not saved, so a resume must find the same folders."""
+    folders: set[str] = set()
+    for entry in cfg.optim.freeze:
+        module, _, part = entry.partition(".")
+        if module == LANGUAGE_MODULE:
+            sources: list[Any] = [cfg.model.language]
+        else:
+            sources = [] if part == "projection" else list(cfg.model.modalities[module].encoders.values())
+        folders.update(source.hf for source in sources if hasattr(source, "hf"))
+    return {folder: path_sha256(Path(folder)) for folder in sorted(folders)} or None
 
 
 def _rank() -> int:

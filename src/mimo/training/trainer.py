@@ -31,7 +31,7 @@ from mimo.parallel.groups import build_module_groups
 from mimo.pipeline.runner import StageLosses
 from mimo.training import grads
 from mimo.checkpoint.manifest import path_sha256
-from mimo.training.checkpointing import Checkpointer
+from mimo.training.checkpointing import Checkpointer, frozen_hf_fingerprints
 from mimo.training.engines import FusedEngine, PipelineEngine
 from mimo.training.metrics import MetricsLog, StepMetrics
 from mimo.training.mimo_step import forward_step, prepare_forward_step_func
@@ -89,6 +89,7 @@ class Trainer:
             "seed": cfg.train.seed,
             "init_from": str(Path(init_from).resolve()) if init_from else None,
             "init_from_sha256": path_sha256(Path(init_from)) if init_from else None,
+            "hf_sha256": frozen_hf_fingerprints(cfg),
         }
         self.checkpointer = Checkpointer(self, cfg.checkpoint_dir, keep=cfg.checkpoint.keep,
                                          verify_checksums=cfg.checkpoint.verify == "checksums", init_source=init_source)

@@ -79,3 +79,35 @@ def test_module_names_that_cannot_be_keys_are_rejected(name):
     raw = {"model": {"modalities": {"images": {"placeholder_id": 1, "encoders": {name: {"kind": "vision"}}}}}}
     with pytest.raises(ValueError, match="encoder name"):
         config_from_dict(raw)
+
+
+@pytest.mark.parametrize(
+    ("projection", "message"),
+    [
+        ({"input_size": 17}, r"projection.input_size=17 does not fit: its encoders \(vit\) emit rows of width 16"),
+        ({"output_size": 31}, r"projection.output_size=31 does not fit: the language model's hidden size is 32"),
+        ({"kind": "linear", "hidden_size": 8}, "applies to kind 'mlp' only"),
+    ],
+)
+def test_a_projection_that_does_not_fit_is_named(projection, message):
+    raw = {"model": {
+        "language": {"vocab_size": 48, "hidden_size": 32, "num_layers": 2, "num_heads": 4},
+        "modalities": {"images": {"placeholder_id": 1, "projection": projection, "encoders": {
+            "vit": {"kind": "vision", "image_size": 8, "patch_size": 4, "hidden_size": 16, "num_heads": 2}}}},
+    }}
+    with pytest.raises(ValueError, match=message):
+        config_from_dict(raw)
+
+
+def test_a_linear_projection_is_one_layer_sized_from_the_configs():
+    from mimo.model import MimoModel
+
+    raw = {"model": {
+        "language": {"vocab_size": 48, "hidden_size": 32, "num_layers": 2, "num_heads": 4},
+        "modalities": {"images": {"placeholder_id": 1, "projection": {"kind": "linear", "input_size": 16},
+                                  "encoders": {"vit": {"kind": "vision", "image_size": 8, "patch_size": 4,
+                                                       "hidden_size": 16, "num_heads": 2}}}},
+    }}
+    model = MimoModel(config_from_dict(raw).model)
+    shapes = {n: tuple(p.shape) for n, p in model.modalities["images"].projection.named_parameters()}
+    assert shapes == {"0.weight": (32, 16), "0.bias": (32,)}

@@ -140,7 +140,9 @@ def test_adamw_with_warmup_matches_reference(tmp_path):
     for step, (got, want) in enumerate(zip(losses[0], ref.losses), start=1):
         assert abs(got - want) <= 1e-5 * abs(want), f"step {step}: loss {got} vs reference {want}"
     initial = _initial(raw)
-    max_move = 0.05 * 1e-2 * STEPS  # a real gradient moves a weight by ~lr per step; noise by ~lr / 100
+    optim = raw["optim"]
+    max_lr = max(opt["lr"] for opt in [optim["default"], *optim["modules"].values()])
+    max_move = 0.05 * max_lr * STEPS  # a real gradient moves a weight by ~lr per step; noise by ~lr / 100
     weights = settle_key_biases(weights, initial, max_move=max_move, who="mimo")
     ref_weights = settle_key_biases(ref.weights, initial, max_move=max_move, who="reference")
     assert_same_training(losses[0], weights, ref.losses, ref_weights, initial=initial, rtol=1e-4)

@@ -231,7 +231,10 @@ def test_config_module_imports_neither_torch_nor_transformers() -> None:
     tree = ast.parse(Path(encoder_config_module.__file__).read_text())
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-    assert imported <= {"__future__", "json", "math", "dataclasses", "pathlib", "typing"}, imported
+    assert imported <= {"__future__", "math", "dataclasses", "pathlib", "typing", "mimo.model.hf.folder"}, imported
+    folder_tree = ast.parse(Path(encoder_config_module.__file__).with_name("folder.py").read_text())
+    folder_imports = {n.module for n in ast.walk(folder_tree) if isinstance(n, ast.ImportFrom)}
+    assert folder_imports <= {"__future__", "pathlib", "typing"}, folder_imports
 
 
 @pytest.mark.parametrize(
@@ -301,7 +304,7 @@ NO_CONFIG_JSON = "no config.json"
 SIGLIP_3 = {"model_type": "siglip_vision_model", "num_hidden_layers": 3}
 BAD_CONFIGS = [
     # (config.json's content or what is missing, options, error)
-    (NO_FOLDER, {}, "does not exist"),
+    (NO_FOLDER, {}, "is not a directory"),
     (NO_CONFIG_JSON, {}, r"is not a Hugging Face model folder \(no config.json\)"),
     (
         {"model_type": "llama"},

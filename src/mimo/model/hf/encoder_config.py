@@ -7,11 +7,12 @@ planned) before torch or transformers are imported. The properties mirror ``Visi
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from mimo.model.hf.folder import read_hf_config
 
 __all__ = ["HFEncoderConfig", "SUPPORTED_MODEL_TYPES"]
 
@@ -49,22 +50,6 @@ _WHISPER_DOWNSAMPLE = 2
 """Whisper's conv2 has stride 2 (conv1 has stride 1): one token per two mel frames."""
 
 
-def _read_config_json(folder: str) -> dict[str, Any]:
-    path = Path(folder)
-    if not path.is_dir():
-        raise ValueError(f"hf encoder folder {folder!r} does not exist or is not a directory")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"hf encoder folder {folder!r} is not a Hugging Face model folder (no config.json)")
-    try:
-        data = json.loads(config_file.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"hf encoder folder {folder!r}: config.json is not readable JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"hf encoder folder {folder!r}: config.json does not hold a mapping")
-    return data
-
-
 @dataclass(kw_only=True)
 class HFEncoderConfig:
     """A local Hugging Face encoder: SigLIP / CLIP vision tower (``*_vision_model`` or full two-tower folder)
@@ -89,7 +74,7 @@ class HFEncoderConfig:
         if not isinstance(self.hf, (str, Path)):
             raise ValueError(f"hf encoder hf must be a folder path, got {self.hf!r}")
         self.hf = str(Path(self.hf).expanduser())
-        data = _read_config_json(self.hf)
+        data = read_hf_config(self.hf, "encoder")
         model_type = data.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(

@@ -7,31 +7,15 @@ planned) before torch or transformers are imported. Placeholder tokens that the 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["HFLanguageConfig", "read_hf_config"]
+from mimo.model.hf.folder import read_hf_config
+
+__all__ = ["HFLanguageConfig"]
 
 _CAUSAL_LM_SUFFIX = "ForCausalLM"
-
-
-def read_hf_config(folder: str, owner: str) -> dict[str, Any]:
-    """The parsed ``config.json`` of ``folder``; ValueError naming ``owner`` and the folder when it is not one."""
-    path = Path(folder)
-    if not path.is_dir():
-        raise ValueError(f"{owner}.hf={folder!r} is not a directory")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"{owner}.hf={folder!r} is not a Hugging Face model folder (no config.json)")
-    try:
-        data = json.loads(config_file.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{owner}.hf={folder!r}: config.json is not readable JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{owner}.hf={folder!r}: config.json does not hold a mapping")
-    return data
 
 
 @dataclass(kw_only=True)

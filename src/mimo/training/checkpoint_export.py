@@ -12,7 +12,9 @@ from mimo.checkpoint.manifest import path_sha256
 from mimo.training.checkpointing import FORMAT, frozen_hf_fingerprints
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *, hf: str | Path | None = None) -> list[Path]:
+def export_checkpoint(
+    checkpoint: str | Path, out: str | Path | None = None, *, hf: str | Path | None = None
+) -> list[Path]:
     """Rebuild the whole model from a checkpoint (frozen weights from their recorded source) and write it as one
     safetensors file (``out``) and/or Hugging Face folders (``hf``); returns what was written."""
     if out is None and hf is None:

@@ -60,7 +60,9 @@ def export_hf(weights: dict[str, Tensor], config: MimoModelConfig, out: str | Pa
                 prefix = _encoder_prefix(modality_name, encoder_name)
                 _save_encoder(encoder, _take(remaining, prefix), out / folder)
                 manifest["modules"][prefix] = folder
-    manifest["placeholders"] = {name: {"token": m.placeholder, "id": m.token_id} for name, m in config.modalities.items()}
+    manifest["placeholders"] = {
+        name: {"token": m.placeholder, "id": m.token_id} for name, m in config.modalities.items()
+    }
     save_file({k: v.detach().cpu().contiguous() for k, v in sorted(remaining.items())}, str(out / OTHER_MODULES),
               metadata={"format": "mimo"})
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -38,7 +38,8 @@ class HFLanguageConfig:
                 f"model.language.hf={self.hf!r} holds {architectures or data.get('model_type', 'an unknown model')}, "
                 f"not a causal language model (expected an architecture ending in {_CAUSAL_LM_SUFFIX!r})"
             )
-        missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads") if k not in data]
+        required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+        missing = [k for k in required if k not in data]
         if missing:
             raise ValueError(f"model.language.hf={self.hf!r}: config.json lacks {missing}")
         # Not dataclass fields: asdict() (checkpoint meta) must give back only what the user wrote.

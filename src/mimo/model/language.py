@@ -90,6 +90,19 @@ class LanguageModel(nn.Module):
             raise ValueError("this LanguageModel slice was built with has_embedding=False and cannot embed")
         return self.embedding(input_ids, position_ids)
 
+    def logits(self, hidden: Tensor, *, position_ids: Tensor | None = None) -> Tensor:
+        """Run the held layers, then the final norm and the head: ``[B, S, vocab]`` (for generation)."""
+        del position_ids
+        for layer in self.layers.values():
+            hidden = layer(hidden)
+        return self.head_logits(hidden)
+
+    def head_logits(self, hidden: Tensor) -> Tensor:
+        """Final norm and head on hidden states that went through every layer."""
+        if self.head is None or self.norm is None:
+            raise ValueError("this LanguageModel slice was built with has_head=False and has no logits")
+        return self.head(self.norm(hidden))
+
     passes_position_ids = False
     """Positions enter once, at the embedding: later stages need only the hidden states."""
 
@@ -112,7 +125,7 @@ class LanguageModel(nn.Module):
         if tuple(labels.shape) != tuple(hidden.shape[:2]):
             raise ValueError(f"labels must be [B, S] = {list(hidden.shape[:2])}, got {list(labels.shape)}")
         _check_range("label", labels[labels != IGNORE_INDEX], self.config.vocab_size, "vocab_size")
-        logits = self.head(self.norm(hidden)).float()
+        logits = self.head_logits(hidden).float()
         losses = F.cross_entropy(
             logits.reshape(-1, self.config.vocab_size),
             labels.reshape(-1).to(torch.long),

@@ -64,10 +64,24 @@ class MimoModel(nn.Module):
     ) -> Tensor:
         """Per-token loss ``[B, S]``; ``loss_mask`` is accepted for the caller's convenience and not applied."""
         del loss_mask  # The loss function applies it, so that it sees every token's loss.
+        combined = self.embed(input_ids=input_ids, position_ids=position_ids, modality_inputs=modality_inputs)
+        return self.language(combined, position_ids=position_ids, labels=labels)
+
+    def embed(
+        self, *, input_ids: Tensor, position_ids: Tensor, modality_inputs: dict[str, dict[str, dict[str, Tensor]]] | None
+    ) -> Tensor:
+        """Text embeddings ``[B, S, H]`` with every modality's projected rows spliced at its placeholders."""
         encoded = self.encode(modality_inputs or {})
         for name, output in encoded.items():
             check_tokens_per_sample(name, input_ids, self.placeholder_ids[name], output.tokens_per_sample)
         text = self.language.embed(input_ids, position_ids)
         rows = {name: output.embeddings for name, output in encoded.items()}
-        combined = splice_embeddings(text, input_ids, rows, self.placeholder_ids)
-        return self.language(combined, position_ids=position_ids, labels=labels)
+        return splice_embeddings(text, input_ids, rows, self.placeholder_ids)
+
+    def logits(
+        self, *, input_ids: Tensor, position_ids: Tensor,
+        modality_inputs: dict[str, dict[str, dict[str, Tensor]]] | None = None,
+    ) -> Tensor:
+        """Next-token logits ``[B, S, vocab]`` (for generation and inspection; training uses ``forward``)."""
+        combined = self.embed(input_ids=input_ids, position_ids=position_ids, modality_inputs=modality_inputs)
+        return self.language.logits(combined, position_ids=position_ids)

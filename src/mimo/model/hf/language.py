@@ -172,6 +172,27 @@ class HFLanguageSlice(nn.Module):
     def forward(self, hidden: Tensor, *, position_ids: Tensor | None = None, labels: Tensor | None = None,
                 padding_mask: Tensor | None = None) -> Tensor:
         """Run the held layers on ``[B, S, H]``; with the head, return per-token losses ``[B, S]`` (fp32)."""
+        hidden = self._run_layers(hidden, position_ids, padding_mask)
+        if self.lm_head is None:
+            return hidden
+        if labels is None:
+            raise ValueError("the HFLanguageSlice with the head needs labels to return per-token losses")
+        if tuple(labels.shape) != tuple(hidden.shape[:2]):
+            raise ValueError(f"labels must be [B, S] = {list(hidden.shape[:2])}, got {list(labels.shape)}")
+        return per_token_loss(self.head_logits(hidden), labels)
+
+    def logits(self, hidden: Tensor, *, position_ids: Tensor | None = None,
+               padding_mask: Tensor | None = None) -> Tensor:
+        """Run the held layers, then the final norm and the head: ``[B, S, vocab]`` (for generation)."""
+        return self.head_logits(self._run_layers(hidden, position_ids, padding_mask))
+
+    def head_logits(self, hidden: Tensor) -> Tensor:
+        """Final norm and head on hidden states that went through every layer."""
+        if self.lm_head is None or self.model.norm is None:
+            raise missing_part_error("HFLanguageSlice", "has_head", "compute logits")
+        return self.lm_head(self.model.norm(hidden))
+
+    def _run_layers(self, hidden: Tensor, position_ids: Tensor | None, padding_mask: Tensor | None) -> Tensor:
         if position_ids is None:
             raise ValueError("HFLanguageSlice needs position_ids on every stage (rotary embeddings)")
         masks = self.masks(hidden, position_ids, padding_mask)
@@ -180,14 +201,7 @@ class HFLanguageSlice(nn.Module):
             layer_type = self._sliding[int(index)] if self._sliding else "full_attention"
             hidden = layer(hidden, attention_mask=masks[layer_type], position_ids=position_ids,
                            position_embeddings=position_embeddings, use_cache=False)
-        if self.lm_head is None:
-            return hidden
-        assert self.model.norm is not None
-        if labels is None:
-            raise ValueError("the HFLanguageSlice with the head needs labels to return per-token losses")
-        if tuple(labels.shape) != tuple(hidden.shape[:2]):
-            raise ValueError(f"labels must be [B, S] = {list(hidden.shape[:2])}, got {list(labels.shape)}")
-        return per_token_loss(self.lm_head(self.model.norm(hidden)), labels)
+        return hidden
 
 
 def per_token_loss(logits: Tensor, labels: Tensor) -> Tensor:

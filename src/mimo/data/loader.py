@@ -4,10 +4,15 @@ Global position p (counted in samples since the start of training) maps to datas
 ``permutation(seed, p // N)[p % N]``. Step by step, microbatch m covers positions
 ``[consumed + m * mbs, consumed + (m + 1) * mbs)`` and a rank loads only its contiguous DP shard of it, so
 the union over ranks equals what one process would load, and resuming needs nothing but ``consumed_samples``.
+
+With ``num_workers > 0`` a ``torch.utils.data.DataLoader`` prepares the microbatches ahead in worker processes:
+microbatch k (counted since the start of training) is one item of a map-style view, requested in order, so
+the batches are exactly those of the in-process path, and resuming starts the requests at the saved position.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Collection, Iterator
 from typing import Any, Protocol, runtime_checkable
 
@@ -46,6 +51,8 @@ class MicrobatchLoader:
         consumed_samples: int = 0,
         modalities: Collection[str] | None = None,
         include_text: bool = True,
+        num_workers: int = 0,
+        prefetch_factor: int = 2,
     ) -> None:
         _check_sizes(global_batch_size, num_microbatches, dp_size)
         self.micro_batch_size = global_batch_size // num_microbatches
@@ -62,6 +69,9 @@ class MicrobatchLoader:
         self.include_text = include_text
         self._consumed = consumed_samples
         self._permutations: dict[int, list[int]] = {}
+        self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
+        self._prefetched: Iterator[Batch] | None = None
+        """Batches the DataLoader workers prepare, from the current position on (None: not started)."""
 
     @property
     def consumed_samples(self) -> int:
@@ -70,9 +80,30 @@ class MicrobatchLoader:
 
     def next_step(self) -> Iterator[Batch]:
         """This step's ``num_microbatches`` microbatches (this rank's shard of each), loaded lazily."""
+        if self.num_workers > 0:
+            if self._prefetched is None:
+                self._prefetched = self._start_workers()
+            batches = [next(self._prefetched) for _ in range(self.num_microbatches)]
+            self._consumed += self.global_batch_size
+            return iter(batches)
         indices = self.step_indices()
         self._consumed += self.global_batch_size
         return (self._load(microbatch) for microbatch in indices)
+
+    def _start_workers(self) -> Iterator[Batch]:
+        from torch.utils.data import DataLoader
+
+        first = self._consumed // self.micro_batch_size
+        return iter(DataLoader(
+            _Microbatches(self), sampler=itertools.count(first), batch_size=None, num_workers=self.num_workers,
+            prefetch_factor=self.prefetch_factor, persistent_workers=True,
+        ))
+
+    def microbatch_indices(self, microbatch: int) -> list[int]:
+        """Dataset indices of this rank's shard of global microbatch ``microbatch`` (counted from the start)."""
+        start, stop = self._shard
+        first = microbatch * self.micro_batch_size
+        return [self.sample_index(first + i) for i in range(start, stop)]
 
     def step_indices(self) -> list[list[int]]:
         """Dataset indices this rank will load in the next step, per microbatch; advances nothing."""
@@ -107,6 +138,7 @@ class MicrobatchLoader:
         if not isinstance(consumed, int) or isinstance(consumed, bool) or consumed < 0:
             raise ValueError(f"loader state consumed_samples must be an integer >= 0, got {consumed!r}")
         self._consumed = consumed
+        self._prefetched = None  # the workers restart at the new position
 
     def _load(self, indices: list[int]) -> Batch:
         return collate([self._load_sample(index) for index in indices])
@@ -115,6 +147,16 @@ class MicrobatchLoader:
         if isinstance(self.dataset, SelectiveDataset):
             return self.dataset.load_sample(index, modalities=self.modalities, include_text=self.include_text)
         return select_fields(self.dataset[index], modalities=self.modalities, include_text=self.include_text)
+
+
+class _Microbatches:
+    """Map-style view for DataLoader workers: item k = this rank's shard of global microbatch k, collated."""
+
+    def __init__(self, loader: MicrobatchLoader) -> None:
+        self.loader = loader
+
+    def __getitem__(self, microbatch: int) -> Batch:
+        return self.loader._load(self.loader.microbatch_indices(microbatch))
 
 
 def _check_sizes(global_batch_size: int, num_microbatches: int, dp_size: int) -> None:

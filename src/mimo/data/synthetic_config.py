@@ -1,13 +1,14 @@
-"""``SyntheticDataConfig``: where samples come from (synthetic or a file) and the knobs of the synthetic task."""
+"""``SyntheticDataConfig``: where samples come from (synthetic, a samples file, or conversation records), the
+knobs of the synthetic task, and how conversations are cut, packed, loaded and validated."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["DATA_SOURCES", "SyntheticDataConfig"]
+__all__ = ["DATA_SOURCES", "SyntheticDataConfig", "ValidationConfig"]
 
-DATA_SOURCES = ("synthetic", "file")
+DATA_SOURCES = ("synthetic", "file", "conversations")
 """The values of ``data.source``."""
 
 
@@ -24,6 +25,34 @@ def _require_float(name: str, value: object, low: float, high: float | None) -> 
 
 
 @dataclass(kw_only=True, slots=True)
+class ValidationConfig:
+    """Held-out samples: a second records file, or a fraction of the training records set aside."""
+
+    path: str | None = None
+    """Records file (same format as data.path); media paths relative to data.root."""
+    fraction: float | None = None
+    """Instead of a path: this share of data.path's records, chosen by data.seed, never trained on."""
+    every_steps: int = 0
+    """Validation loss every N optimizer steps (0: only at the end of the run)."""
+    max_samples: int | None = None
+    """Evaluate at most this many held-out samples (None: all of them)."""
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.fraction is None):
+            raise ValueError(
+                f"data.validation needs exactly one of path and fraction, got path={self.path!r}, "
+                f"fraction={self.fraction!r}"
+            )
+        if self.fraction is not None:
+            _require_float("validation.fraction", self.fraction, 0.0, 1.0)
+            if not 0.0 < self.fraction < 1.0:
+                raise ValueError(f"data.validation.fraction must be in (0, 1), got {self.fraction!r}")
+        _require_int("validation.every_steps", self.every_steps, 0)
+        if self.max_samples is not None:
+            _require_int("validation.max_samples", self.max_samples, 1)
+
+
+@dataclass(kw_only=True, slots=True)
 class SyntheticDataConfig:
     """The data section of a run: sizes and randomness of ``SyntheticMimoDataset``, or a samples file.
 
@@ -32,10 +61,27 @@ class SyntheticDataConfig:
     The model config supplies shapes and token ids.
     """
 
-    source: Literal["synthetic", "file"] = "synthetic"
-    """Where samples come from: generated (``SyntheticMimoDataset``) or read from ``path`` (``FileDataset``)."""
+    source: Literal["synthetic", "file", "conversations"] = "synthetic"
+    """Where samples come from: generated (``SyntheticMimoDataset``), read from ``path`` (``FileDataset``), or
+    conversation records (LLaVA-style JSON/JSONL) tokenized with the language model's chat template."""
     path: str | None = None
-    """The samples file written by ``mimo.data.save_samples``; required with source "file", unset otherwise."""
+    """The samples file written by ``mimo.data.save_samples`` (source "file") or the records file (source
+    "conversations"); unset for "synthetic"."""
+    root: str | None = None
+    """Conversations: the folder media paths are relative to (default: the records file's folder)."""
+    max_seq_length: int | None = None
+    """Conversations: every sample is padded to this many tokens; a longer one is cut or dropped (``overlong``)."""
+    overlong: Literal["truncate", "drop"] = "truncate"
+    """Conversations: a sample longer than max_seq_length loses its last whole turns (never part of a media
+    span or of a turn) as long as an assistant turn is left, else it is dropped; "drop" always drops it."""
+    on_bad_sample: Literal["error", "skip"] = "error"
+    """Conversations: a broken record stops the run naming it ("error"), or is left out and counted ("skip")."""
+    num_workers: int = 0
+    """Loader worker processes that prepare batches ahead of the step (0: in the training process)."""
+    prefetch_factor: int = 2
+    """Microbatches each worker prepares ahead."""
+    validation: ValidationConfig | None = None
+    """Held-out loss, logged next to the training loss."""
 
     num_samples: int = 2048
     """Length of the dataset (one epoch)."""
@@ -72,6 +118,10 @@ class SyntheticDataConfig:
         _require_int("num_classes", self.num_classes, 1)
         _require_float("noise_std", self.noise_std, 0.0, None)
         _require_int("min_frames", self.min_frames, 1)
+        _require_int("num_workers", self.num_workers, 0)
+        _require_int("prefetch_factor", self.prefetch_factor, 1)
+        if self.max_seq_length is not None:
+            _require_int("max_seq_length", self.max_seq_length, 2)
         if self.max_frames is not None:
             _require_int("max_frames", self.max_frames, 1)
             if self.max_frames < self.min_frames:
@@ -80,10 +130,15 @@ class SyntheticDataConfig:
     def _check_source(self) -> None:
         if self.source not in DATA_SOURCES:
             raise ValueError(f"data.source must be one of {', '.join(map(repr, DATA_SOURCES))}, got {self.source!r}")
-        if self.source == "file" and (not isinstance(self.path, str) or not self.path):
-            raise ValueError(
-                f"data.source='file' needs data.path (the samples file to read), got data.path={self.path!r}"
-            )
+        if self.source in ("file", "conversations") and (not isinstance(self.path, str) or not self.path):
+            what = "the samples file to read" if self.source == "file" else "the conversation records, JSON or JSONL"
+            raise ValueError(f"data.source={self.source!r} needs data.path ({what}), got data.path={self.path!r}")
+        if self.source == "conversations" and self.max_seq_length is None:
+            raise ValueError("data.source='conversations' needs data.max_seq_length (tokens per padded sample)")
+        conversation_only = {"root": self.root, "max_seq_length": self.max_seq_length, "validation": self.validation}
+        for key, value in conversation_only.items():
+            if value is not None and self.source != "conversations":
+                raise ValueError(f"data.{key} applies to data.source='conversations' only, got source={self.source!r}")
         if self.source == "synthetic" and self.path is not None:
             raise ValueError(
                 f"data.path={self.path!r} is set but data.source='synthetic' ignores it; "

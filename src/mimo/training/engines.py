@@ -51,6 +51,15 @@ class FusedEngine:
         return {"dp_rank": self.role.dp_rank[LANGUAGE_MODULE], "dp_size": self._dp_size, "modalities": None,
                 "include_text": True}
 
+    def evaluate(self, microbatches: Iterable[Any] | None) -> StageLosses:
+        """Forward only, no graph: the loss of one global batch (validation)."""
+        losses = StageLosses()
+        with torch.no_grad():
+            for microbatch in range(self.num_microbatches):
+                output, loss_fn = self._forward_step(microbatches, self.model)
+                losses.add(microbatch, loss_fn(output)[2]["lm loss"])
+        return losses
+
     def run(self, microbatches: Iterable[Any] | None) -> StageLosses:
         losses = StageLosses()
         for microbatch in range(self.num_microbatches):
@@ -74,27 +83,31 @@ class PipelineEngine:
         self.modules = [self.module]
         self._dp_size = plan.layouts[self.module].dp
         self.model = _build_stage(cfg, self.module, stage, num_stages).to(device)
-        self.communicator = communicator = MultiModulePipelineCommunicator(
-            rank=rank,
-            module=self.module,
-            stage=stage,
-            routing=RoutingPlan(plan.layouts, plan.topology, cfg.train.micro_batch_size),
-            backward_modules=plan.backward_modules,
-            device=device,
-        )
-        schedule = build_train_schedule(
-            plan.layouts, plan.topology, cfg.train.num_microbatches, backward_modules=plan.backward_modules
-        )
-        self.actions = schedule[rank]
-        self.runner = StageRunner(
-            stage=self.model, communicator=communicator, forward_step=forward_step, timers=timers,
-            grad_enabled=self.module in plan.backward_modules,
-        )
+        routing = RoutingPlan(plan.layouts, plan.topology, cfg.train.micro_batch_size)
+
+        def runner(backward_modules: frozenset[str]) -> tuple[StageRunner, list[Any]]:
+            communicator = MultiModulePipelineCommunicator(
+                rank=rank, module=self.module, stage=stage, routing=routing, backward_modules=backward_modules,
+                device=device,
+            )
+            schedule = build_train_schedule(
+                plan.layouts, plan.topology, cfg.train.num_microbatches, backward_modules=backward_modules
+            )
+            return StageRunner(
+                stage=self.model, communicator=communicator, forward_step=forward_step, timers=timers,
+                grad_enabled=self.module in backward_modules,
+            ), schedule[rank]
+
+        self.runner, self.actions = runner(plan.backward_modules)
+        self.communicator = self.runner.communicator
+        # Validation: the same schedule without a backward (nothing needs gradients), no graph kept.
+        self.eval_runner, self.eval_actions = runner(frozenset())
 
     def use_groups(self, groups: ModuleGroups) -> None:
         """Send activations and gradients on their own point-to-point groups (created after the engine)."""
-        self.communicator.activation_group = groups.activations
-        self.communicator.gradient_group = groups.gradients
+        for communicator in (self.communicator, self.eval_runner.communicator):
+            communicator.activation_group = groups.activations
+            communicator.gradient_group = groups.gradients
 
     def loader_options(self) -> dict[str, Any] | None:
         """What this stage reads: tokens and labels for language stages, one modality's inputs for an encoder."""
@@ -107,6 +120,11 @@ class PipelineEngine:
 
     def run(self, microbatches: Iterable[Any] | None) -> StageLosses:
         return self.runner.run(self.actions, microbatches)
+
+    def evaluate(self, microbatches: Iterable[Any] | None) -> StageLosses:
+        """Forward only, no graph: the loss of one global batch (validation)."""
+        with torch.no_grad():
+            return self.eval_runner.run(self.eval_actions, microbatches)
 
 
 def _build_stage(cfg: MimoConfig, module: str, stage: int, num_stages: int) -> nn.Module:

@@ -21,6 +21,8 @@ class StepMetrics:
     """Loss tokens in the global batch (the denominator of the loss)."""
     step_time_s: float
     skipped: bool = False
+    val_loss: float | None = None
+    """Held-out loss after this step's update (only on validation steps)."""
 
     @property
     def tokens_per_s(self) -> float:
@@ -76,10 +78,12 @@ class MetricsLog:
         total_time = sum(m.step_time_s for m in self.history)
         total_tokens = sum(m.tokens for m in self.history)
         skipped = sum(m.skipped for m in self.history)
+        validated = [m for m in self.history if m.val_loss is not None]
         return "\n".join([
             f"steps {first.step}..{last.step}: loss {first.loss:.4f} -> {last.loss:.4f}",
             f"time {total_time:.1f} s, {total_time / len(self.history):.3f} s/step, "
             f"{total_tokens / max(total_time, 1e-9):,.0f} loss tokens/s",
             f"skipped steps (non-finite gradients): {skipped}",
+            *([f"validation loss: {validated[0].val_loss:.4f} -> {validated[-1].val_loss:.4f}"] if validated else []),
             f"metrics: {self.path}",
         ])

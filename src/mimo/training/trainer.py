@@ -9,6 +9,7 @@ and one update per module; a step with a non-finite norm is skipped on every ran
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -19,15 +20,18 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import Dataset
 
 from mimo.config import MimoConfig
-from mimo.data import MicrobatchLoader, build_dataset
+from mimo.data import MicrobatchLoader
+from mimo.data.format import Sample
 from mimo.distributed import DistributedContext, raise_if_any_rank_failed
 from mimo.errors import CommunicationError, NonFiniteError, TrainingError
 from mimo.export import load_consolidated
 from mimo.model.configs import LANGUAGE_MODULE
 from mimo.model.tied import tied_copies
 from mimo.parallel.groups import build_module_groups
+from mimo.training.data_setup import build_run_data
 from mimo.pipeline.runner import StageLosses
 from mimo.training import grads
 from mimo.checkpoint.manifest import path_sha256
@@ -53,6 +57,17 @@ class Trainer:
         error = None
         try:  # Local set-up: a mistake only some ranks see (their stage's weights, their data) stops them all.
             self._build_local(init_from)
+        except ValueError as caught:
+            error = caught
+        raise_if_any_rank_failed(error)
+        # Collective (conversations: one rank decides which records train), so after every rank built its part.
+        self.data = build_run_data(cfg, plan, ctx.rank)
+        error = None
+        try:
+            self.loader = self._build_loader(self.data.train)
+            self.validation_loader = (
+                self._build_loader(self.data.validation) if self.data.validation is not None else None
+            )
         except ValueError as caught:
             error = caught
         raise_if_any_rank_failed(error)
@@ -84,7 +99,7 @@ class Trainer:
             module: [p for p in params if id(p) not in repeated] for module, params in self.params_by_module.items()
         }
         self.optimizers = ModuleOptimizers(self.params_by_module, cfg.optim, total_steps=cfg.train.steps)
-        self.loader = self._build_loader()
+        self.loader: MicrobatchLoader | None = None
         init_source = {
             "seed": cfg.train.seed,
             "init_from": str(Path(init_from).resolve()) if init_from else None,
@@ -94,15 +109,17 @@ class Trainer:
         self.checkpointer = Checkpointer(self, cfg.checkpoint_dir, keep=cfg.checkpoint.keep,
                                          verify_checksums=cfg.checkpoint.verify == "checksums", init_source=init_source)
 
-    def _build_loader(self) -> MicrobatchLoader | None:
+    def _build_loader(self, dataset: Dataset[Sample], *, seed: int | None = None) -> MicrobatchLoader | None:
         options = self.engine.loader_options()
         if options is None:
             return None
         return MicrobatchLoader(
-            build_dataset(self.cfg.data, self.cfg.model),
+            dataset,
             global_batch_size=self.cfg.train.global_batch_size,
             num_microbatches=self.cfg.train.num_microbatches,
-            seed=self.cfg.data.seed,
+            seed=self.cfg.data.seed if seed is None else seed,
+            num_workers=self.cfg.data.num_workers,
+            prefetch_factor=self.cfg.data.prefetch_factor,
             **options,
         )
 
@@ -223,6 +240,33 @@ class Trainer:
         if self.is_logging_rank:
             print(f"resumed from {folder} at step {self.state.train_state.step}")
 
+    def _validation_due(self, step: int) -> bool:
+        validation = self.cfg.data.validation
+        if validation is None:
+            return False
+        last = step == self.cfg.train.steps or self.stop_requested
+        return last or (validation.every_steps > 0 and step % validation.every_steps == 0)
+
+    def validate(self) -> float:
+        """Mean per-token loss over the held-out samples (whole global batches; the same on every rank)."""
+        validation, cfg = self.data.validation, self.cfg.data.validation
+        assert validation is not None and cfg is not None
+        samples = min(len(validation), cfg.max_samples or len(validation))  # type: ignore[arg-type]
+        batches = max(1, samples // self.cfg.train.global_batch_size)
+        if self.validation_loader is not None:
+            self.validation_loader.load_state_dict({"consumed_samples": 0})
+        totals = torch.zeros(2, dtype=torch.float32)
+        with self.state.timers("validation"):
+            for _ in range(batches):
+                microbatches = self.validation_loader.next_step() if self.validation_loader is not None else None
+                totals += self.engine.evaluate(microbatches).reported
+            totals = totals.to(self.ctx.device)
+            if dist.is_initialized():
+                with self._failure("all-reduce of the validation loss"):
+                    dist.all_reduce(totals)
+        loss_sum, tokens = totals.cpu().tolist()
+        return loss_sum / max(tokens, 1.0)
+
     @property
     def is_logging_rank(self) -> bool:
         return self.ctx.rank == self.plan.loss_rank
@@ -238,8 +282,12 @@ class Trainer:
         # A resumed run starts at a step that already has a checkpoint.
         saved_step = self.state.train_state.step if self.state.train_state.step > 0 else -1
         try:
+            if log is not None and self.data.summary:
+                log.write(self.data.summary)
             while self.state.train_state.step < self.cfg.train.steps and not self.stop_requested:
                 metrics = self.train_step()
+                if self._validation_due(metrics.step):
+                    metrics = dataclasses.replace(metrics, val_loss=self.validate())
                 history.append(metrics)
                 if log is not None:
                     log.log(metrics)

@@ -28,7 +28,7 @@ def test_default_source_is_synthetic_without_path():
         ({"source": "synthetic", "path": "x.pt"},
          r"^data.path='x.pt' is set but data.source='synthetic' ignores it; set data.source='file'"),
         ({"path": "x.pt"}, r"data.path='x.pt' is set but data.source='synthetic'"),
-        ({"source": "disk"}, r"^data.source must be one of 'synthetic', 'file', got 'disk'$"),
+        ({"source": "disk"}, r"^data.source must be one of 'synthetic', 'file', 'conversations', got 'disk'$"),
     ],
 )
 def test_source_and_path_must_agree(settings, message):
@@ -63,7 +63,7 @@ def test_build_dataset_reports_a_missing_file_by_path(tmp_path):
 def test_build_dataset_rejects_a_source_assigned_after_validation():
     config = SyntheticDataConfig()
     config.source = "disk"  # type: ignore[assignment]
-    with pytest.raises(ValueError, match=r"data.source must be one of 'synthetic', 'file', got 'disk'"):
+    with pytest.raises(ValueError, match=r"data.source must be one of 'synthetic', 'file', 'conversations', got 'disk'"):
         build_dataset(config, image_audio_config())
 
 

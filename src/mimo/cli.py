@@ -39,6 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a root holding 'latest'")
     export.add_argument("--out", metavar="FILE", help="one safetensors file with every tensor (mimo names)")
     export.add_argument("--hf", metavar="DIR", help="Hugging Face folders (from_pretrained) + the projections")
+    data = commands.add_parser("data", help="inspect a run's data")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    check = data_commands.add_parser("check", help="read every record as training would and list every problem")
+    check.add_argument("--config", required=True, help="YAML recipe with data.source: conversations")
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    generate = commands.add_parser("generate", help="answer a prompt greedily with a checkpoint's model")
+    generate.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a root holding 'latest'")
+    generate.add_argument("--prompt", required=True, help="the user's message")
+    generate.add_argument("--image", action="append", default=[], metavar="FILE", help="an image (repeatable)")
+    generate.add_argument("--audio", action="append", default=[], metavar="FILE", help="an audio clip (repeatable)")
+    generate.add_argument("--max-new-tokens", type=int, default=32)
     hf = commands.add_parser("hf", help="make Hugging Face model folders to train, without a hub")
     hf_models.add_arguments(hf)
     return parser
@@ -53,6 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "hf":
             return hf_models.main(args)
+        if args.command == "data":
+            return _check_data(args)
+        if args.command == "generate":
+            from mimo.generate import generate_from_checkpoint
+
+            print(generate_from_checkpoint(args.checkpoint, args.prompt, images=args.image, audio=args.audio,
+                                           max_new_tokens=args.max_new_tokens))
+            return 0
         if args.command == "export":
             from mimo.training.checkpoint_export import export_checkpoint
 
@@ -77,6 +96,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("mimo: interrupted (no checkpoint written; SIGTERM stops cleanly with one)", file=sys.stderr)
         return 130
     return 0
+
+
+def _check_data(args: argparse.Namespace) -> int:
+    from mimo.data.conversations.check import check_data
+
+    reports = check_data(load_config(args.config, list(args.overrides)))
+    for report in reports:
+        print("\n".join(report.lines()))
+    problems = sum(len(report.problems) for report in reports)
+    print(f"{problems} problem(s)" if problems else "no problems")
+    return 1 if problems else 0
 
 
 def _relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:

@@ -9,7 +9,6 @@ layout-free safetensors format that other tests pin down), read back through tra
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mimo.checkpoint import CheckpointError, CheckpointStore, load_tensors, read_json, read_tensor_shapes
-from mimo.config import config_from_dict
+from mimo.config import MimoConfig, config_from_dict
 from mimo.export import load_consolidated, save_safetensors
 from mimo.model import MimoModel
 from mimo.checkpoint.manifest import path_sha256
@@ -21,6 +21,19 @@ def export_checkpoint(
         raise ValueError("mimo export needs --out FILE, --hf DIR, or both")
     if hf is not None and Path(hf).exists() and (not Path(hf).is_dir() or any(Path(hf).iterdir())):
         raise ValueError(f"--hf {str(hf)!r} exists and is not an empty folder")
+    cfg, model = load_checkpoint_model(checkpoint)
+    written = []
+    if out is not None:
+        written.append(save_safetensors(model.state_dict(), out))
+    if hf is not None:
+        from mimo.model.hf.export import export_hf
+
+        written.append(export_hf(model.state_dict(), cfg.model, hf).parent)
+    return written
+
+
+def load_checkpoint_model(checkpoint: str | Path) -> tuple[MimoConfig, MimoModel]:
+    """The run's config and its whole model with the checkpoint's weights (frozen ones from their source)."""
     checkpoint = Path(checkpoint)
     store = CheckpointStore(checkpoint)
     folder = store.resolve(checkpoint)
@@ -49,11 +62,4 @@ def export_checkpoint(
         load_consolidated(model, init_file)
     weights = {f"model.{name}": p.data for name, p in model.named_parameters() if f"model.{name}" in found}
     load_tensors(weights, folder / "dcp")
-    written = []
-    if out is not None:
-        written.append(save_safetensors(model.state_dict(), out))
-    if hf is not None:
-        from mimo.model.hf.export import export_hf
-
-        written.append(export_hf(model.state_dict(), cfg.model, hf).parent)
-    return written
+    return cfg, model

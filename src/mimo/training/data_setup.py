@@ -8,24 +8,20 @@ message instead of leaving the others waiting.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
-import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from mimo.config import MimoConfig
 from mimo.data import build_dataset
-from mimo.data.conversations.dataset import ConversationDataset, ConversationIndex
+from mimo.data.conversations.dataset import ConversationIndex
+from mimo.data.conversations.splits import conversation_datasets
 from mimo.data.format import Sample
-from mimo.data.seeding import seeded_generator
 from mimo.model.configs import LANGUAGE_MODULE
 from mimo.training.run_plan import RunPlan
 
 __all__ = ["RunData", "build_run_data"]
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,7 +36,7 @@ def build_run_data(cfg: MimoConfig, plan: RunPlan, rank: int) -> RunData:
     """The training (and validation) dataset; collective for conversations (every rank must call it)."""
     if cfg.data.source != "conversations":
         return RunData(train=build_dataset(cfg.data, cfg.model))
-    train, validation = _conversation_datasets(cfg)
+    train, validation = conversation_datasets(cfg)
     source = plan.layouts[LANGUAGE_MODULE].rank_of(0, 0)
     indices = _agree(lambda: [d.build_index() for d in (train, validation) if d is not None], rank, source)
     train.set_index(indices[0])
@@ -49,25 +45,6 @@ def build_run_data(cfg: MimoConfig, plan: RunPlan, rank: int) -> RunData:
         validation.set_index(indices[1])
         summary += f"; validation: {indices[1].summary()}"
     return RunData(train=train, validation=validation, summary=summary)
-
-
-def _conversation_datasets(cfg: MimoConfig) -> tuple[ConversationDataset, ConversationDataset | None]:
-    validation = cfg.data.validation
-    if validation is None:
-        return ConversationDataset(cfg.data, cfg.model), None
-    if validation.path is not None:
-        return ConversationDataset(cfg.data, cfg.model), ConversationDataset(cfg.data, cfg.model, path=validation.path)
-    # A held-out fraction: a seeded choice of record positions that never train.
-    everything = ConversationDataset(cfg.data, cfg.model)
-    count = len(everything.conversations)
-    order = torch.randperm(count, generator=seeded_generator("validation", cfg.data.seed)).tolist()
-    held = round(count * (validation.fraction or 0.0))
-    if not 0 < held < count:
-        raise ValueError(f"data.validation.fraction={validation.fraction} of {count} records leaves no "
-                         f"{'validation' if held == 0 else 'training'} record")
-    held_out = set(order[:held])
-    return (ConversationDataset(cfg.data, cfg.model, positions=[i for i in range(count) if i not in held_out]),
-            ConversationDataset(cfg.data, cfg.model, positions=sorted(held_out)))
 
 
 def _agree(build, rank: int, source: int) -> list[ConversationIndex]:  # noqa: ANN001

@@ -19,7 +19,14 @@ import torch
 from torch.utils.data import Dataset
 
 from mimo.data.conversations.media import MediaError, MediaLoader
-from mimo.data.conversations.records import DEFAULT_MARKERS, Conversation, RecordError, parse_record, read_records
+from mimo.data.conversations.records import (
+    DEFAULT_MARKERS,
+    Conversation,
+    MediaItem,
+    RecordError,
+    parse_record,
+    read_records,
+)
 from mimo.data.conversations.tokenize import BuiltinChatTokenizer, ChatTokenizer, EncodedChat, HFChatTokenizer
 from mimo.data.format import IGNORE_INDEX, INPUT_IDS, LABELS, LOSS_MASK, MODALITY_INPUTS, POSITION_IDS, Sample
 from mimo.data.synthetic_config import SyntheticDataConfig
@@ -57,6 +64,8 @@ class ConversationIndex:
     """Positions (in the records file) of the records that train, in file order."""
     turns: list[int] = field(default_factory=list)
     """Per kept record, how many of its turns are used (fewer than all when it was cut to fit)."""
+    lengths: list[int] = field(default_factory=list)
+    """Per kept record, its tokens before padding."""
     truncated: int = 0
     dropped_too_long: int = 0
     problems: list[str] = field(default_factory=list)
@@ -125,6 +134,7 @@ class ConversationDataset(Dataset[Sample]):
             index.truncated += turns < len(conversation.turns)
             index.kept.append(position)
             index.turns.append(turns)
+            index.lengths.append(len(encoded.input_ids))
             index.tokens += len(encoded.input_ids)
         return index
 
@@ -193,6 +203,13 @@ class ConversationDataset(Dataset[Sample]):
         sample[MODALITY_INPUTS] = inputs
         return sample
 
+    def media_of(self, index: int) -> list[MediaItem]:
+        """The media items sample ``index`` uses (those of the turns it keeps)."""
+        kept = self._require_index()
+        conversation = self.conversations[kept.kept[index]]
+        assert isinstance(conversation, Conversation)
+        return self._media_in(conversation, kept.turns[index])
+
     def _require_index(self) -> ConversationIndex:
         if self.index is None:
             raise RuntimeError("ConversationDataset: call build_index() and set_index() before reading samples")
@@ -220,7 +237,7 @@ class ConversationDataset(Dataset[Sample]):
         item_tokens = [self._tokens_of(item.kind, item.path) for item in media]
         return self.tokenizer.encode(conversation.turns[:turns], item_tokens)
 
-    def _media_in(self, conversation: Conversation, turns: int) -> list:  # noqa: ANN401
+    def _media_in(self, conversation: Conversation, turns: int) -> list[MediaItem]:
         """The media whose markers are in the first ``turns`` turns (media follow the markers' text order)."""
         count = sum(sum(turn.text.count(marker) for marker in self.markers.values())
                     for turn in conversation.turns[:turns])

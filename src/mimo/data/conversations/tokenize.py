@@ -46,6 +46,14 @@ class ChatTokenizer(Protocol):
         (text order, across turns and kinds). Raises ValueError for a conversation it cannot encode."""
         ...
 
+    def prompt(self, turns: Sequence[Turn], item_tokens: Sequence[int]) -> tuple[list[int], set[int]]:
+        """Ids of ``turns`` and the start of an assistant answer (for generation), and the ids that end one."""
+        ...
+
+    def decode_answer(self, ids: Sequence[int]) -> str:
+        """Readable text of generated ids."""
+        ...
+
 
 def _check_placeholders(placeholder_ids: Mapping[str, int], markers: Mapping[str, str]) -> dict[str, str]:
     """The markers of the kinds that have a placeholder id (other markers stay plain text)."""
@@ -212,6 +220,19 @@ class HFChatTokenizer:
             turn_ends.append(end)
         return _expand(ids, mask, turn_ends, self._kind_of_id, marker_kinds, item_tokens)
 
+    def prompt(self, turns: Sequence[Turn], item_tokens: Sequence[int]) -> tuple[list[int], set[int]]:
+        """Token ids of ``turns`` followed by the template's generation prompt (markers expanded), and the ids
+        that end an answer (the tokenizer's special tokens: its end-of-turn and end-of-text)."""
+        marker_kinds = _marker_kinds(turns, self._markers)
+        _check_item_tokens(item_tokens, len(marker_kinds))
+        messages = [{"role": turn.role, "content": self._with_placeholders(turn.text)} for turn in turns]
+        ids = self._ids(self._render(messages, True))
+        expanded = _expand(ids, [False] * len(ids), [len(ids)], self._kind_of_id, marker_kinds, item_tokens)
+        return expanded.input_ids, set(self._tokenizer.all_special_ids) - set(self._kind_of_id)
+
+    def decode_answer(self, ids: Sequence[int]) -> str:
+        return str(self._tokenizer.decode(list(ids), skip_special_tokens=True)).strip()
+
     def _answer_start(
         self, messages: list[dict[str, str]], index: int, full_text: str, ids: list[int], previous_end: int
     ) -> int:
@@ -352,6 +373,13 @@ class BuiltinChatTokenizer:
             mask += [target] * len(text)
             turn_ends.append(len(ids))
         return _expand(ids, mask, turn_ends, self._kind_of_id, marker_kinds, item_tokens)
+
+    def prompt(self, turns: Sequence[Turn], item_tokens: Sequence[int]) -> tuple[list[int], set[int]]:
+        """Token ids of ``turns`` followed by the assistant's role tag, and the id that ends an answer."""
+        return self.encode(turns, item_tokens).input_ids + [self.role_ids["assistant"]], {self.end_id}
+
+    def decode_answer(self, ids: Sequence[int]) -> str:
+        return self.decode(ids) if self.lossless else " ".join(map(str, ids))
 
     def decode(self, ids: Sequence[int]) -> str:
         """Readable text: role tags as ``<|role|>``, the end id as ``<|end|>``, each placeholder as its marker.

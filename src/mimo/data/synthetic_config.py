@@ -72,8 +72,8 @@ class SyntheticDataConfig:
     max_seq_length: int | None = None
     """Conversations: every sample is padded to this many tokens; a longer one is cut or dropped (``overlong``)."""
     overlong: Literal["truncate", "drop"] = "truncate"
-    """Conversations: a sample longer than max_seq_length loses its last whole turns (never part of a media
-    span or of a turn) as long as an assistant turn is left, else it is dropped; "drop" always drops it."""
+    """Conversations: a sample longer than max_seq_length is cut after its last assistant turn that fits (never
+    inside a turn or a media span); with none that fits, or with "drop", it is left out and counted."""
     on_bad_sample: Literal["error", "skip"] = "error"
     """Conversations: a broken record stops the run naming it ("error"), or is left out and counted ("skip")."""
     num_workers: int = 0

@@ -150,8 +150,8 @@ class ConversationDataset(Dataset[Sample]):
             return len(conversation.turns), encoded
         if self.config.overlong == "truncate":
             for turns in range(len(conversation.turns) - 1, 0, -1):
-                if not any(t.role == "assistant" for t in conversation.turns[:turns]):
-                    break
+                if conversation.turns[turns - 1].role != "assistant":
+                    continue  # cut after an answer: a trailing question would train nothing
                 shorter = self._encode(conversation, turns)
                 if len(shorter.input_ids) <= self.seq_length:
                     return turns, shorter

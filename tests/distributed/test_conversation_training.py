@@ -1,0 +1,88 @@
+"""Conversation data in training: a pipelined layout equals one process, encoder ranks never tokenize and
+language ranks never decode media, and a run with loader workers resumes bit for bit."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from mimo.config import config_from_dict
+from mimo.distributed import DistributedContext
+from mimo.training.run_plan import plan_run
+from mimo.training.trainer import Trainer
+from tests.conversation_fixtures import write_conversations, write_media
+from tests.distributed.launcher import run_ranks
+
+pytestmark = pytest.mark.distributed
+pytest.importorskip("soundfile")
+pytest.importorskip("sklearn")
+
+WORDS = ["zero", "one", "two", "three"]
+
+
+def _raw(root: Path, **data: Any) -> dict[str, Any]:
+    media = write_media(root, images=4)
+    records = [
+        {"id": f"r{i}", "image": media["image"][i % 4] if i % 3 else [],
+         "conversations": [{"from": "human", "value": ("<image>\n" if i % 3 else "") + "Which digit?"},
+                           {"from": "gpt", "value": WORDS[i % 4]}]}
+        for i in range(24)
+    ]
+    write_conversations(root / "train.json", records)
+    write_conversations(root / "heldout.json", records[:8])
+    return {
+        "run_dir": str(root / "run"),
+        "model": {
+            "language": {"vocab_size": 300, "hidden_size": 32, "num_layers": 2, "num_heads": 2, "max_seq_len": 128},
+            "modalities": {"images": {"placeholder_id": 1, "encoders": {"vit": {
+                "kind": "vision", "image_size": 8, "patch_size": 4, "hidden_size": 16, "num_heads": 2}}}},
+        },
+        "data": {"source": "conversations", "path": str(root / "train.json"), "max_seq_length": 96,
+                 "validation": {"path": str(root / "heldout.json"), "every_steps": 2}, **data},
+        "train": {"steps": 4, "global_batch_size": 4, "num_microbatches": 2, "progress": False},
+        "optim": {"default": {"name": "adamw", "lr": 0.01}, "clip_grad": 1.0},
+        "checkpoint": {"dir": str(root / "checkpoints"), "every_steps": 2},
+    }
+
+
+def _train(rank: int, world_size: int, raw: dict, resume: str | None = None) -> dict[str, Any]:
+    cfg = config_from_dict(copy.deepcopy(raw))
+    trainer = Trainer(cfg, DistributedContext(rank=rank, world_size=world_size, device=torch.device("cpu")),
+                      plan_run(cfg, world_size))
+    if resume is not None:
+        trainer.resume(resume)
+    history = trainer.train()
+    dataset = trainer.data.train
+    return {"losses": [m.loss for m in history], "val": [m.val_loss for m in history],
+            "modules": trainer.engine.modules, "tokenized": dataset.tokenized, "decoded": dataset.media_decoded}
+
+
+def test_pipelined_conversations_equal_one_process_and_each_rank_reads_only_its_part(tmp_path):
+    raw = _raw(tmp_path)
+    single = _train(0, 1, raw)
+    layout = {"images": {"dp": 1, "pp": 1, "rank_offset": 0}, "language": {"dp": 1, "pp": 2, "rank_offset": 1}}
+    ranks = run_ranks(3, _train, {**raw, "layout": layout, "run_dir": str(tmp_path / "run3"),
+                                  "checkpoint": {"dir": str(tmp_path / "ck3")}}, tmp_path=tmp_path)
+    for got, want in zip(ranks[0]["losses"], single["losses"]):
+        assert abs(got - want) <= 1e-5 * abs(want)
+    assert all(abs(g - w) <= 1e-5 * abs(w) for g, w in zip(ranks[0]["val"], single["val"]) if w is not None)
+    assert [v is not None for v in single["val"]] == [False, True, False, True]
+    images, first, last = ranks
+    assert images["modules"] == ["images"] and not images["tokenized"] and images["decoded"] > 0
+    # Stage 0 tokenized (it decided which records train, for everyone); neither language stage decoded media.
+    assert first["tokenized"] and first["decoded"] == 0 and last["decoded"] == 0
+
+
+def test_a_run_with_loader_workers_resumes_bit_for_bit(tmp_path):
+    raw = _raw(tmp_path, num_workers=2)
+    full = _train(0, 1, raw)
+    resumed = _train(0, 1, {**raw, "run_dir": str(tmp_path / "resumed")}, resume=str(tmp_path / "checkpoints" /
+                                                                                     "step_00000002"))
+    assert resumed["losses"] == full["losses"][2:]
+    in_process = _train(0, 1, {**raw, "data": {**raw["data"], "num_workers": 0}, "run_dir": str(tmp_path / "r0"),
+                               "checkpoint": {"dir": str(tmp_path / "ck0")}})
+    assert in_process["losses"] == full["losses"]

@@ -1,7 +1,7 @@
 """``ConversationDataset``: conversation records as training samples, each rank decoding only what it uses.
 
 Before training, one pass over the records (``build_index``) decides which records train: a record that does
-not parse, names a missing file, does not fit ``max_seq_length`` (after cutting whole trailing turns when
+not parse, names a missing or corrupt file (checked without decoding), does not fit ``max_seq_length`` (after cutting whole trailing turns when
 allowed) or has no assistant answer left is set aside and counted. The pass tokenizes and reads media *headers*
 only (an image's presence, an audio clip's number of frames), so it runs on a language-model rank; its result is
 the same for every rank, so all ranks agree on the sample order. Then ``load_sample`` builds only the parts a
@@ -74,8 +74,8 @@ class ConversationIndex:
     """Tokens of the kept samples, before padding."""
 
     def summary(self) -> str:
-        return (f"{len(self.kept)} samples ({self.tokens} tokens); {self.truncated} cut to fit, "
-                f"{self.dropped_too_long} too long and dropped, {len(self.problems)} not usable")
+        return (f"{len(self.kept)} samples ({self.tokens} tokens); {self.truncated} cut to fit; "
+                f"{len(self.problems)} not usable, {self.dropped_too_long} of them too long")
 
 
 class ConversationDataset(Dataset[Sample]):
@@ -117,6 +117,10 @@ class ConversationDataset(Dataset[Sample]):
             try:
                 if isinstance(conversation, RecordError):
                     raise conversation
+                for item in conversation.media:  # structure and headers only: no rank decodes here
+                    modality = self.modality_of[item.kind]
+                    for encoder in self.model_config.modalities[modality].encoders:
+                        self._loader(modality, encoder).verify(item.path)
                 turns, encoded = self._fit(conversation)
             except (RecordError, MediaError) as error:
                 index.problems.append(self._describe(position, error))

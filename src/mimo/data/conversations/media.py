@@ -375,6 +375,23 @@ class MediaLoader:
             raise MediaError(path, f"cannot read the audio header: {type(error).__name__}: {error}") from error
         return self._frames(path, int(info.frames), int(info.samplerate))
 
+    def verify(self, path: str | os.PathLike[str]) -> None:
+        """Check the file is one this loader can read, without decoding it: an image's structure (Pillow's
+        ``verify``: chunks and checksums, no pixels), an audio clip's header and length. MediaError if not."""
+        if self.kind == "audio":
+            self.frames_of(path)
+            return
+        _require_file(path)
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except UnidentifiedImageError:
+            raise MediaError(path, "not an image file Pillow can read (unknown or corrupt format)") from None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            raise MediaError(path, f"corrupt image: {type(error).__name__}: {error}") from error
+
     def tokens_of(self, path: str | os.PathLike[str]) -> int:
         """Placeholder tokens this file needs: ``tokens_per_image``, or ``tokens_for_frames(frames_of(path))``."""
         if self.kind == "vision":

@@ -76,6 +76,9 @@ class SyntheticDataConfig:
     inside a turn or a media span); with none that fits, or with "drop", it is left out and counted."""
     on_bad_sample: Literal["error", "skip"] = "error"
     """Conversations: a broken record stops the run naming it ("error"), or is left out and counted ("skip")."""
+    packing: bool = False
+    """Conversations: put several samples in one row (in order, as many as fit), each with its own position ids
+    and attention kept inside it, so training computes what it would unpacked, with less padding."""
     num_workers: int = 0
     """Loader worker processes that prepare batches ahead of the step (0: in the training process)."""
     prefetch_factor: int = 2

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from mimo.model.configs import LanguageModelConfig
 from mimo.model.layers import TransformerBlock
+from mimo.model.packing import segment_ids
 
 __all__ = ["IGNORE_INDEX", "LanguageEmbedding", "LanguageModel"]
 
@@ -92,10 +93,14 @@ class LanguageModel(nn.Module):
 
     def logits(self, hidden: Tensor, *, position_ids: Tensor | None = None) -> Tensor:
         """Run the held layers, then the final norm and the head: ``[B, S, vocab]`` (for generation)."""
-        del position_ids
+        return self.head_logits(self._run_layers(hidden, position_ids))
+
+    def _run_layers(self, hidden: Tensor, position_ids: Tensor | None) -> Tensor:
+        # Packed rows: attention stays inside each sequence (position ids restart where one begins).
+        segments = segment_ids(position_ids) if position_ids is not None else None
         for layer in self.layers.values():
-            hidden = layer(hidden)
-        return self.head_logits(hidden)
+            hidden = layer(hidden, segment_ids=segments)
+        return hidden
 
     def head_logits(self, hidden: Tensor) -> Tensor:
         """Final norm and head on hidden states that went through every layer."""
@@ -103,20 +108,18 @@ class LanguageModel(nn.Module):
             raise ValueError("this LanguageModel slice was built with has_head=False and has no logits")
         return self.head(self.norm(hidden))
 
-    passes_position_ids = False
-    """Positions enter once, at the embedding: later stages need only the hidden states."""
+    passes_position_ids = True
+    """Later stages need the position ids too: in packed rows they mark where each sequence starts."""
 
     def forward(self, hidden: Tensor, *, position_ids: Tensor | None = None, labels: Tensor | None = None) -> Tensor:
         """Run the held layers on ``[B, S, H]``.
 
         Returns the per-token cross-entropy ``[B, S]`` (fp32, 0 where ``labels == -100``) when this slice has
-        the head, else the hidden states ``[B, S, H]``. ``labels`` is ignored by a slice without the head, and
-        ``position_ids`` by every slice (learned positions are added by ``embed``), so a pipeline runner may pass
-        the same arguments to every stage.
+        the head, else the hidden states ``[B, S, H]``. ``labels`` is ignored by a slice without the head, so a
+        pipeline runner may pass the same arguments to every stage; ``position_ids`` (learned positions are added
+        by ``embed``) only tell where the sequences of a packed row start.
         """
-        del position_ids
-        for layer in self.layers.values():
-            hidden = layer(hidden)
+        hidden = self._run_layers(hidden, position_ids)
         if self.head is None:
             return hidden
         assert self.norm is not None

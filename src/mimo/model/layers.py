@@ -31,27 +31,32 @@ class TransformerBlock(nn.Module):
             nn.Linear(mlp_ratio * hidden_size, hidden_size),
         )
 
-    def forward(self, x_BSD: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x_BSD: Tensor, key_padding_mask: Tensor | None = None, segment_ids: Tensor | None = None) -> Tensor:
         """Run the block on ``[B, S, D]``.
 
         ``key_padding_mask`` is ``[B, S]`` bool, True where the position is padding (PyTorch's convention):
-        padded keys get no attention weight, so they never influence any other position.
+        padded keys get no attention weight, so they never influence any other position. ``segment_ids``
+        ``[B, S]`` (packed rows) keeps attention inside each sequence of a row.
         """
-        x_BSD = x_BSD + self._attention(self.attention_norm(x_BSD), key_padding_mask)
+        x_BSD = x_BSD + self._attention(self.attention_norm(x_BSD), key_padding_mask, segment_ids)
         return x_BSD + self.mlp(self.mlp_norm(x_BSD))
 
-    def _attention(self, x_BSD: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+    def _attention(self, x_BSD: Tensor, key_padding_mask: Tensor | None, segment_ids: Tensor | None) -> Tensor:
         batch, seq, hidden = x_BSD.shape
         q_BNSK, k_BNSK, v_BNSK = (
             t.view(batch, seq, self.num_heads, hidden // self.num_heads).transpose(1, 2)
             for t in self.qkv(x_BSD).chunk(3, dim=-1)
         )
-        if key_padding_mask is None:
+        if key_padding_mask is None and segment_ids is None:
             out_BNSK = F.scaled_dot_product_attention(q_BNSK, k_BNSK, v_BNSK, is_causal=self.causal)
         else:
-            out_BNSK = F.scaled_dot_product_attention(
-                q_BNSK, k_BNSK, v_BNSK, attn_mask=self._attention_mask(key_padding_mask, batch, seq)
+            padding = key_padding_mask if key_padding_mask is not None else torch.zeros(
+                batch, seq, dtype=torch.bool, device=x_BSD.device
             )
+            allowed = self._attention_mask(padding, batch, seq)
+            if segment_ids is not None:
+                allowed = allowed & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+            out_BNSK = F.scaled_dot_product_attention(q_BNSK, k_BNSK, v_BNSK, attn_mask=allowed)
         return self.attention_out(out_BNSK.transpose(1, 2).reshape(batch, seq, hidden))
 
     def _attention_mask(self, key_padding_mask: Tensor, batch: int, seq: int) -> Tensor:

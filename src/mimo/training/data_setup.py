@@ -41,6 +41,8 @@ def build_run_data(cfg: MimoConfig, plan: RunPlan, rank: int) -> RunData:
     indices = _agree(lambda: [d.build_index() for d in (train, validation) if d is not None], rank, source)
     train.set_index(indices[0])
     summary = f"data: {indices[0].summary()}"
+    if cfg.data.packing:
+        summary += f"; {train.padding_summary()}"
     if validation is not None:
         validation.set_index(indices[1])
         summary += f"; validation: {indices[1].summary()}"

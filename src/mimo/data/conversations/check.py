@@ -58,7 +58,7 @@ def _check(name: str, dataset: ConversationDataset) -> DataReport:
     report = DataReport(name=name, path=str(dataset.path), records=len(dataset.conversations),
                         truncated=index.truncated, dropped_too_long=index.dropped_too_long,
                         problems=list(index.problems))
-    dataset.index = index  # every usable record, whatever data.on_bad_sample says: this is a check
+    dataset.set_index(index, checking=True)  # every usable record, whatever data.on_bad_sample says
     for position in range(len(index.kept)):
         try:
             dataset.load_sample(position)  # decodes every media file, as the encoder ranks do

@@ -161,8 +161,14 @@ class ConversationDataset(Dataset[Sample]):
                     return turns, shorter
         return None, encoded
 
-    def set_index(self, index: ConversationIndex) -> None:
-        """Use ``index`` (built here or on another rank); with ``on_bad_sample: error`` a problem stops here."""
+    def set_index(self, index: ConversationIndex, *, checking: bool = False) -> None:
+        """Use ``index`` (built here or on another rank); with ``on_bad_sample: error`` a problem stops here.
+
+        ``checking`` (``mimo data check``): accept any index, one sample per row, to look at every record.
+        """
+        if checking:
+            self.index, self.rows = index, [[i] for i in range(len(index.kept))]
+            return
         if index.problems and self.config.on_bad_sample == "error":
             raise ValueError(
                 f"{index.problems[0]} (data.on_bad_sample=error; {len(index.problems)} records cannot be used: "
@@ -171,10 +177,32 @@ class ConversationDataset(Dataset[Sample]):
         if not index.kept:
             raise ValueError(f"{self.path}: no record can be used ({len(index.problems)} problems)")
         self.index = index
+        self.rows = self._pack(index) if self.config.packing else [[i] for i in range(len(index.kept))]
+
+    def _pack(self, index: ConversationIndex) -> list[list[int]]:
+        """Consecutive kept samples, as many per row as fit in max_seq_length (the order stays the same)."""
+        rows: list[list[int]] = []
+        used = self.seq_length
+        for sample, length in enumerate(index.lengths):
+            if used + length > self.seq_length:
+                rows.append([])
+                used = 0
+            rows[-1].append(sample)
+            used += length
+        return rows
+
+    def padding_summary(self) -> str:
+        """Padding tokens with and without packing (the share of each row that trains nothing)."""
+        index = self._require_index()
+        unpacked = len(index.kept) * self.seq_length - index.tokens
+        packed = len(self.rows) * self.seq_length - index.tokens
+        return (f"packing: {len(index.kept)} samples in {len(self.rows)} rows; padding {packed} tokens instead of "
+                f"{unpacked} ({1 - packed / max(unpacked, 1):.0%} saved)")
 
     # samples ------------------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._require_index().kept)
+        self._require_index()
+        return len(self.rows)
 
     def __getitem__(self, index: int) -> Sample:
         return self.load_sample(index)
@@ -182,15 +210,14 @@ class ConversationDataset(Dataset[Sample]):
     def load_sample(
         self, index: int, *, modalities: Collection[str] | None = None, include_text: bool = True
     ) -> Sample:
-        """Sample ``index``: the text fields only when asked, the media of ``modalities`` (None: all)."""
-        kept = self._require_index()
-        position, turns = kept.kept[index], kept.turns[index]
-        conversation = self.conversations[position]
-        assert isinstance(conversation, Conversation)
-        media = self._media_in(conversation, turns)
+        """Row ``index`` (one sample, or several when packing): the text fields only when asked, the media of
+        ``modalities`` (None: all)."""
+        self._require_index()
+        members = self.rows[index]
+        media = [item for member in members for item in self.media_of(member)]
         sample: Sample = {}
         if include_text:
-            sample.update(self._text_fields(self._encode(conversation, turns)))
+            sample.update(self._text_fields([self._encode_sample(member) for member in members]))
         selected = list(self.modality_of.values()) if modalities is None else list(modalities)
         inputs = {}
         for kind, modality in self.modality_of.items():
@@ -203,7 +230,8 @@ class ConversationDataset(Dataset[Sample]):
                     for encoder in self.model_config.modalities[modality].encoders
                 }
             except MediaError as error:
-                raise ValueError(f"{self.path}: record {self.record_ids[position]}: {error}") from None
+                ids = ", ".join(self.record_ids[self._require_index().kept[m]] for m in members)
+                raise ValueError(f"{self.path}: record {ids}: {error}") from None
         sample[MODALITY_INPUTS] = inputs
         return sample
 
@@ -219,21 +247,39 @@ class ConversationDataset(Dataset[Sample]):
             raise RuntimeError("ConversationDataset: call build_index() and set_index() before reading samples")
         return self.index
 
-    def _text_fields(self, encoded: EncodedChat) -> dict[str, torch.Tensor]:
-        """Pad to max_seq_length; ``labels[i] = input_ids[i + 1]`` where token i + 1 is an assistant target."""
-        length = len(encoded.input_ids)
+    def _text_fields(self, pieces: list[EncodedChat]) -> dict[str, torch.Tensor]:
+        """One row: the samples one after the other, each with position ids from 0, padded to max_seq_length.
+
+        ``labels[i] = input_ids[i + 1]`` where token i + 1 is an assistant target of the same sample (a sample's
+        last token predicts nothing, so no label crosses into the next sample).
+        """
         input_ids = torch.full((self.seq_length,), PAD_TOKEN_ID, dtype=torch.long)
-        input_ids[:length] = torch.tensor(encoded.input_ids, dtype=torch.long)
-        target = torch.zeros(self.seq_length, dtype=torch.bool)
-        target[: length - 1] = torch.tensor(encoded.assistant_mask[1:], dtype=torch.bool)
-        shifted = torch.full((self.seq_length,), IGNORE_INDEX, dtype=torch.long)
-        shifted[: length - 1] = input_ids[1:length]
+        labels = torch.full((self.seq_length,), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.arange(self.seq_length, dtype=torch.long)
+        start = 0
+        for encoded in pieces:
+            length = len(encoded.input_ids)
+            ids = torch.tensor(encoded.input_ids, dtype=torch.long)
+            target = torch.tensor(encoded.assistant_mask[1:], dtype=torch.bool)
+            input_ids[start : start + length] = ids
+            labels[start : start + length - 1] = torch.where(target, ids[1:], torch.full_like(ids[1:], IGNORE_INDEX))
+            position_ids[start : start + length] = torch.arange(length)
+            start += length
+        # Padding continues the last sample's positions, so it starts no sequence of its own.
+        last = len(pieces[-1].input_ids)
+        position_ids[start:] = torch.arange(last, last + self.seq_length - start)
         return {
             INPUT_IDS: input_ids,
-            LABELS: torch.where(target, shifted, torch.full_like(shifted, IGNORE_INDEX)),
-            LOSS_MASK: target.to(torch.float32),
-            POSITION_IDS: torch.arange(self.seq_length, dtype=torch.long),
+            LABELS: labels,
+            LOSS_MASK: (labels != IGNORE_INDEX).to(torch.float32),
+            POSITION_IDS: position_ids,
         }
+
+    def _encode_sample(self, sample: int) -> EncodedChat:
+        index = self._require_index()
+        conversation = self.conversations[index.kept[sample]]
+        assert isinstance(conversation, Conversation)
+        return self._encode(conversation, index.turns[sample])
 
     # tokens and media ---------------------------------------------------------------------------------
     def _encode(self, conversation: Conversation, turns: int) -> EncodedChat:

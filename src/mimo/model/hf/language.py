@@ -157,13 +157,22 @@ class HFLanguageSlice(nn.Module):
 
     def masks(self, hidden: Tensor, position_ids: Tensor, padding_mask: Tensor | None = None) -> dict[str, object]:
         """The attention masks transformers builds for this batch, by layer type."""
-        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+        from transformers.masking_utils import (
+            create_causal_mask,
+            create_sliding_window_causal_mask,
+            find_packed_sequence_indices,
+            packed_sequence_mask_function,
+        )
 
         if padding_mask is None:
             # Right padding: with a causal mask no real token attends to a pad, so all-ones is exact.
             padding_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
         kwargs = {"config": self.hf_config, "inputs_embeds": hidden, "attention_mask": padding_mask,
                   "cache": None, "position_ids": position_ids}
+        packed = find_packed_sequence_indices(position_ids)
+        if packed is not None:
+            # Packed rows: transformers' own rule keeps attention inside each sequence.
+            kwargs["and_mask_function"] = packed_sequence_mask_function(packed)
         masks = {"full_attention": create_causal_mask(**kwargs)}
         if "sliding_attention" in self._sliding:
             masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)

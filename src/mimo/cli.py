@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from mimo import hf_models
-from mimo.config import load_config
+from mimo.config import MimoConfig, load_config
 from mimo.errors import TrainingError
 
 
@@ -125,6 +125,7 @@ def _relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
 
         check_paths(config, init_from=args.init_from, export_hf=args.export_hf)
         plan_run(config, world_size=nproc)
+        _check_model_structure(config)
     except ValueError as error:
         print(f"mimo: error: {error}", file=sys.stderr)
         return 2
@@ -132,6 +133,16 @@ def _relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "mimo", *rest
     ]
     return subprocess.call(command)
+
+
+def _check_model_structure(config: MimoConfig) -> None:
+    """A Hugging Face language model of another structure is found here once, not on every rank."""
+    from mimo.model.hf.language_config import HFLanguageConfig
+
+    if isinstance(config.model.language, HFLanguageConfig):
+        from mimo.model.hf.language import check_structure
+
+        check_structure(config.model.language)
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:

@@ -214,13 +214,7 @@ def test_language_folder_holding_an_encoder(tiny_run, tmp_path):
     assert_one_clear_error(result, str(siglip), "not a causal language model")
 
 
-@pytest.mark.parametrize(
-    "nproc",
-    [None, pytest.param(3, marks=pytest.mark.xfail(
-        strict=True, reason="the structure is checked only when each rank builds its stage, under torchrun: one "
-                            "'mimo: error:' per rank, torchrun's traceback and exit 1 (cli._relaunch_with_torchrun "
-                            "checks only the config and the plan)"))],
-)
+@pytest.mark.parametrize("nproc", [None, 3])
 def test_language_model_of_another_structure(tiny_run, neox_folder, tmp_path, nproc):
     result, _ = _bad_run(tiny_run, tmp_path, nproc, "--set", f"model.language.hf={neox_folder}")
     assert_one_clear_error(result, str(neox_folder), "GPTNeoXForCausalLM", "lacks the expected structure")

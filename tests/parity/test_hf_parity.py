@@ -188,7 +188,7 @@ def runs(tiny_hf_models, tmp_path_factory) -> Runs:  # noqa: F811
 
 
 def assert_same_hf_training(run: Run, ref: ReferenceResult, initial: dict[str, torch.Tensor], *, max_lr: float,
-                            weight_rtol: float = 1e-5) -> None:
+                            weight_rtol: float = 1e-5, update_rtol: float = 1e-4) -> None:
     """``assert_same_training`` (losses rtol 1e-5, weights ``weight_rtol``, updates 1e-4) and the gradient norms.
 
     Key biases have a true gradient of 0 (see ``key_bias_part``): both sides must leave them at rounding noise,
@@ -202,7 +202,8 @@ def assert_same_hf_training(run: Run, ref: ReferenceResult, initial: dict[str, t
     max_move = 0.05 * max_lr * STEPS  # a real gradient moves a weight by ~lr per step (AdamW), more with SGD
     weights = settle_key_biases(run.weights, initial, max_move=max_move, who="mimo")
     ref_weights = settle_key_biases(ref.weights, initial, max_move=max_move, who="reference")
-    assert_same_training(run.losses[0], weights, ref.losses, ref_weights, initial=initial, rtol=weight_rtol)
+    assert_same_training(run.losses[0], weights, ref.losses, ref_weights, initial=initial, rtol=weight_rtol,
+                         update_rtol=update_rtol)
 
 
 # --- the cases -------------------------------------------------------------------------------------------------
@@ -255,11 +256,6 @@ def test_hf_parity_data_varies(tiny_hf_models):  # noqa: F811
     assert len(lengths) >= 4, lengths
 
 
-@pytest.mark.xfail(
-    strict=True, raises=RuntimeError,
-    reason="mimo.model.hf vision.py/audio.py run_layers: transformers' attention cannot reshape 0 items "
-           "('cannot reshape tensor of 0 elements into shape [0, 16, -1, 16]'); remove this mark once fixed",
-)
 def test_hf_encoder_microbatch_without_items(tiny_hf_models):  # noqa: F811
     """One process, one sample per microbatch, some samples without images or clips: the reference's training."""
     raw = Case(1, audio=True, num_microbatches=4, data={"item_presence": 0.5}).config(tiny_hf_models)
@@ -279,4 +275,7 @@ def test_hf_encoder_microbatch_without_items(tiny_hf_models):  # noqa: F811
     metrics = [trainer.train_step() for _ in range(STEPS)]
     weights = {name: t.detach().clone() for name, t in trainer.model.state_dict().items()}
     run = Run([[m.loss for m in metrics]], [[m.grad_norm for m in metrics]], weights)
-    assert_same_hf_training(run, ref, initial, max_lr=SGD["default"]["lr"])
+    # Weights and losses at 1e-5 as everywhere. Updates at 1e-3: with half the samples imageless, a norm weight's
+    # update is a sum with heavy cancellation, and transformers' forward rounds differently from the stage slices
+    # (1.5e-4 measured here also with one microbatch, so it is not the empty microbatches; 3e-5 with every image).
+    assert_same_hf_training(run, ref, initial, max_lr=SGD["default"]["lr"], update_rtol=1e-3)

@@ -121,6 +121,8 @@ class HFAudioEncoder(nn.Module):
         """Run the held layers on ``[N, L, D]`` (``aux`` is unused: Whisper attends over all tokens, unmasked)."""
         del aux
         check_hidden(hidden_NLD, self.config.hidden_size, "hf audio encoder")
+        if hidden_NLD.shape[0] == 0:
+            return hidden_NLD  # no item in this microbatch: transformers' attention cannot reshape an empty batch
         for layer in self.encoder.layers.values():
             hidden_NLD = layer(hidden_NLD, None)  # None: no attention mask, as in HF's WhisperEncoder
         return hidden_NLD

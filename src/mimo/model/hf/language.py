@@ -20,7 +20,7 @@ from mimo.model.encoder_layers import check_layer_range, missing_part_error
 from mimo.model.hf.language_config import HFLanguageConfig
 from mimo.model.hf.weights import WeightFiles, empty_parameters, materialize
 
-__all__ = ["HFLanguageSlice", "IGNORE_INDEX"]
+__all__ = ["HFLanguageSlice", "IGNORE_INDEX", "check_structure", "per_token_loss"]
 
 IGNORE_INDEX = -100
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -55,6 +55,11 @@ def _build_skeleton(config: HFLanguageConfig, hf_config) -> nn.Module:  # noqa: 
             f"{', '.join(_EXPECTED)}; found {top} and model.{inner}"
         )
     return model
+
+
+def check_structure(config: HFLanguageConfig) -> None:
+    """ValueError unless the folder's architecture has the structure a stage split needs (meta device: free)."""
+    _build_skeleton(config, _load_hf_config(config))
 
 
 def _has_path(module: nn.Module, path: str) -> bool:

@@ -140,6 +140,8 @@ class HFVisionEncoder(nn.Module):
         """Run the held layers on ``[N, L, D]`` (``aux`` is unused: HF attends over every token, unmasked)."""
         del aux
         check_hidden(hidden_NLD, self.config.hidden_size, "hf vision encoder")
+        if hidden_NLD.shape[0] == 0:
+            return hidden_NLD  # no item in this microbatch: transformers' attention cannot reshape an empty batch
         for layer in self.tower.encoder["layers"].values():
             hidden_NLD = layer(hidden_NLD, None)  # None: no attention mask, as in HF's vision forward
         return hidden_NLD

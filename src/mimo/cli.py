@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--image", action="append", default=[], metavar="FILE", help="an image (repeatable)")
     generate.add_argument("--audio", action="append", default=[], metavar="FILE", help="an audio clip (repeatable)")
     generate.add_argument("--max-new-tokens", type=int, default=32)
+    timeline = commands.add_parser("timeline", help="draw a traced run (train.trace=true) as a PNG timeline")
+    timeline.add_argument("run_dir", metavar="RUN_DIR", help="the run's folder, holding trace.json or trace/")
+    timeline.add_argument("--out", metavar="PNG", help="where to write the figure (default: RUN_DIR/timeline.png)")
+    timeline.add_argument("--step", type=int, metavar="N", help="the step to draw (default: a typical traced one)")
     hf = commands.add_parser("hf", help="make Hugging Face model folders to train, without a hub")
     hf_models.add_arguments(hf)
     return parser
@@ -66,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return hf_models.main(args)
         if args.command == "data":
             return _check_data(args)
+        if args.command == "timeline":
+            from mimo.tracing.timeline_command import timeline
+
+            return timeline(args.run_dir, out=args.out, step=args.step)
         if args.command == "generate":
             from mimo.generate import generate_from_checkpoint
 

@@ -89,6 +89,19 @@ class TrainConfig:
     """Show a progress bar (on the rank that logs)."""
     on_nonfinite: Literal["skip", "stop"] = "skip"
     """A non-finite loss or gradient: skip the update on every rank, or stop the run (exit code 1)."""
+    profile: bool = False
+    """Synchronise the device around every timed phase, so per-phase times are exact on a GPU (costs stalls);
+    off, timers read the host clock only and the step's only host sync is its one reduction."""
+    tensorboard: bool = False
+    """Write TensorBoard scalars to <run_dir>/tensorboard (loss, gradient norms, learning rates, throughput,
+    step time, idle share per rank, memory)."""
+    peak_flops: float | None = None
+    """Peak FLOP/s of one device, for MFU in the summary; None: measured with a matmul on CPU, unknown on GPU."""
+    trace: bool = False
+    """Record every rank's actions and phases on one clock into ``<run_dir>/trace.json`` (see ``mimo timeline``)."""
+    trace_steps: list[int] | None = None
+    """``[first, last]`` steps to trace, inclusive; negative counts from the end (``[-5, -1]``: the last five).
+    None: steps 2-6, the first five after the warm-up step (clipped to the run)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "global_batch_size", "num_microbatches"):
@@ -101,10 +114,28 @@ class TrainConfig:
             )
         if self.collective_timeout_s <= 0:
             raise ValueError(f"collective_timeout_s must be > 0, got {self.collective_timeout_s}")
+        if self.trace_steps is not None:
+            self._check_trace_steps()
 
     @property
     def micro_batch_size(self) -> int:
         return self.global_batch_size // self.num_microbatches
+
+    @property
+    def trace_window(self) -> tuple[int, int]:
+        """The traced steps ``(first, last)``, inclusive, as step numbers (1-based)."""
+        if self.trace_steps is None:
+            return (min(2, self.steps), min(6, self.steps))
+        first, last = (step if step > 0 else self.steps + 1 + step for step in self.trace_steps)
+        return first, last
+
+    def _check_trace_steps(self) -> None:
+        steps = self.trace_steps or []
+        if len(steps) != 2 or 0 in steps:
+            raise ValueError(f"trace_steps must be [first, last] with non-zero steps, got {steps}")
+        first, last = self.trace_window
+        if not 1 <= first <= last <= self.steps:
+            raise ValueError(f"trace_steps {steps} must name steps first <= last within 1..{self.steps}")
 
 
 @dataclass(kw_only=True)

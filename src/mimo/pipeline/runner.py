@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,8 @@ class StageRunner:
     timers: Callable[[str], Any]
     grad_enabled: bool = True
     """False for a stage that runs no backward (frozen, nothing trainable upstream): no graph is kept."""
+    tracer: Callable[[Action], AbstractContextManager[Any]] | None = None
+    """Times each action for the trace (``train.trace``); None: nothing recorded."""
 
     def run(self, actions: list[Action], data_iterator: Iterable[Any] | None) -> StageLosses:
         """Execute ``actions``; return this rank's losses (non-zero on the loss stage only)."""
@@ -94,7 +97,8 @@ class StageRunner:
         }
         for index, action in enumerate(actions):
             try:
-                handlers[action.kind](action)
+                with self.tracer(action) if self.tracer is not None else nullcontext():
+                    handlers[action.kind](action)
             except Exception:
                 logger.error("rank %d failed at %s:\n%s", self.communicator.rank, action, _format(actions, index))
                 raise

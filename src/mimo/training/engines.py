@@ -11,6 +11,7 @@ Both run ``forward_step`` for every microbatch and return this rank's ``StageLos
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -24,18 +25,20 @@ from mimo.model.configs import LANGUAGE_MODULE
 from mimo.model.stages import LanguageStage, ModalityStage
 from mimo.parallel.groups import ModuleGroups
 from mimo.parallel.layout import role_of
+from mimo.pipeline.actions import Action
 from mimo.pipeline.schedules import build_train_schedule
 from mimo.pipeline.runner import StageLosses, StageRunner
 from mimo.training.run_plan import RunPlan, layer_ranges
 
 ForwardStep = Callable[[Iterable[Any] | None, Any], tuple[Any, Any]]
+ActionTracer = Callable[[Action], AbstractContextManager[Any]]
 
 
 class FusedEngine:
-    """The whole model on this rank, data parallel over all ranks."""
+    """The whole model on this rank, data parallel over all ranks (traced through its timers' phases)."""
 
     def __init__(self, cfg: MimoConfig, plan: RunPlan, *, rank: int, device: torch.device,
-                 forward_step: ForwardStep, timers: Callable[[str], Any]) -> None:
+                 forward_step: ForwardStep, timers: Callable[[str], Any], tracer: ActionTracer | None = None) -> None:
         self.model: nn.Module = MimoModel(cfg.model, seed=cfg.train.seed).to(device)
         self.modules = list(cfg.model.module_names)
         self.role = role_of(rank, plan.layouts)
@@ -73,10 +76,10 @@ class FusedEngine:
 
 
 class PipelineEngine:
-    """One stage of one module on this rank, driven by its action list."""
+    """One stage of one module on this rank, driven by its action list; ``tracer`` times each training action."""
 
     def __init__(self, cfg: MimoConfig, plan: RunPlan, *, rank: int, device: torch.device,
-                 forward_step: ForwardStep, timers: Callable[[str], Any]) -> None:
+                 forward_step: ForwardStep, timers: Callable[[str], Any], tracer: ActionTracer | None = None) -> None:
         self.role = role_of(rank, plan.layouts)
         (self.module,) = self.role.modules
         stage, num_stages = self.role.stages[self.module], plan.layouts[self.module].pp
@@ -85,7 +88,7 @@ class PipelineEngine:
         self.model = _build_stage(cfg, self.module, stage, num_stages).to(device)
         routing = RoutingPlan(plan.layouts, plan.topology, cfg.train.micro_batch_size)
 
-        def runner(backward_modules: frozenset[str]) -> tuple[StageRunner, list[Any]]:
+        def runner(backward_modules: frozenset[str], tracer: ActionTracer | None) -> tuple[StageRunner, list[Any]]:
             communicator = MultiModulePipelineCommunicator(
                 rank=rank, module=self.module, stage=stage, routing=routing, backward_modules=backward_modules,
                 device=device,
@@ -95,13 +98,13 @@ class PipelineEngine:
             )
             return StageRunner(
                 stage=self.model, communicator=communicator, forward_step=forward_step, timers=timers,
-                grad_enabled=self.module in backward_modules,
+                grad_enabled=self.module in backward_modules, tracer=tracer,
             ), schedule[rank]
 
-        self.runner, self.actions = runner(plan.backward_modules)
+        self.runner, self.actions = runner(plan.backward_modules, tracer)
         self.communicator = self.runner.communicator
         # Validation: the same schedule without a backward (nothing needs gradients), no graph kept.
-        self.eval_runner, self.eval_actions = runner(frozenset())
+        self.eval_runner, self.eval_actions = runner(frozenset(), None)  # traced as the "validation" phase
 
     def use_groups(self, groups: ModuleGroups) -> None:
         """Send activations and gradients on their own point-to-point groups (created after the engine)."""

@@ -39,17 +39,20 @@ def all_reduce_grads(params: Sequence[nn.Parameter], group: dist.ProcessGroup | 
 
 
 def scale_grads(params: Sequence[nn.Parameter], factor: float) -> None:
-    for parameter in params:
-        parameter.grad.mul_(factor)
+    """Multiply every gradient by ``factor`` (one fused ``_foreach`` kernel per device and dtype)."""
+    if params:
+        torch._foreach_mul_([parameter.grad for parameter in params], factor)
 
 
-def squared_norm(params: Sequence[nn.Parameter]) -> torch.Tensor:
-    """Sum of squared gradient entries, in fp32 (0 for no parameters)."""
+def squared_norm(params: Sequence[nn.Parameter], device: torch.device | None = None) -> torch.Tensor:
+    """Sum of squared gradient entries, in fp32, on the gradients' device (0 for no parameters).
+
+    Fused per-tensor norms (``_foreach_norm``), summed where they are: no host sync here.
+    """
     if not params:
-        return torch.zeros((), dtype=torch.float32)
-    # Summed on the device, copied once: one host sync per step instead of one per parameter.
-    total = torch.stack([parameter.grad.detach().float().pow(2).sum() for parameter in params]).sum()
-    return total.cpu()
+        return torch.zeros((), dtype=torch.float32, device=device)
+    norms = torch._foreach_norm([parameter.grad.detach() for parameter in params])
+    return torch.stack(norms).float().pow(2).sum()
 
 
 def clip_grads(params: Sequence[nn.Parameter], max_norm: float, total_norm: float) -> None:

@@ -107,7 +107,8 @@ class ModuleOptimizers:
 
     def zero_grad(self) -> None:
         for optimizer in self.optimizers.values():
-            optimizer.zero_grad(set_to_none=False)
+            # None, not zeros: no memset per step; the trainer materializes the missing ones before reducing.
+            optimizer.zero_grad(set_to_none=True)
 
     def set_steps_taken(self, steps: int) -> None:
         """Put every LR schedule where it is after ``steps`` optimizer steps (used when resuming)."""

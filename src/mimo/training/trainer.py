@@ -15,7 +15,9 @@ import math
 import time
 from datetime import timedelta
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -37,21 +39,91 @@ from mimo.training import grads
 from mimo.checkpoint.manifest import path_sha256
 from mimo.training.checkpointing import Checkpointer, frozen_hf_fingerprints
 from mimo.training.engines import FusedEngine, PipelineEngine
+from mimo.data.tokens import tokens_per_sample
+from mimo.training.flops import measure_matmul_peak, module_flops
 from mimo.training.metrics import MetricsLog, StepMetrics
+from mimo.training.tensorboard import TensorBoardLog
 from mimo.training.mimo_step import forward_step, prepare_forward_step_func
-from mimo.training.optim import ModuleOptimizers, apply_freezing, lr_factor, trainable_parameters
+from mimo.training.optim import ModuleOptimizers, apply_freezing, lr_factor, parameters_of, trainable_parameters
 from mimo.training.preemption import PreemptionHandler
 from mimo.training.run_plan import RunPlan
 from mimo.training.state import GlobalState
 from mimo.training.timers import Timers
+from mimo.tracing.session import RunTrace
 
 logger = logging.getLogger(__name__)
+
+
+def _no_sync() -> None:
+    """Timers read the host clock only (``train.profile: false``)."""
+
+
+@dataclass(frozen=True)
+class StepTotals:
+    """The step's scalars after the one world-wide sum (see ``Trainer._reduce_step``)."""
+
+    values: torch.Tensor
+    num_modules: int
+    num_microbatches: int
+
+    @property
+    def loss_sum(self) -> float:
+        return float(self.values[0])
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.values[1])
+
+    @property
+    def squared_norms(self) -> list[float]:
+        return self.values[2 : 2 + self.num_modules].tolist()
+
+    @property
+    def stop_requested(self) -> bool:
+        return bool(self.values[2 + self.num_modules] > 0)
+
+    @property
+    def first_nonfinite_microbatch(self) -> int:
+        """The earliest microbatch with a non-finite loss on any rank, or -1."""
+        start = 3 + self.num_modules
+        bad = torch.nonzero(self.values[start : start + self.num_microbatches]).flatten()
+        return int(bad[0]) if bad.numel() else -1
+
+    @property
+    def _after_waits(self) -> int:
+        return len(self.values) - 2 * self.num_modules
+
+    @property
+    def waited_s(self) -> list[float]:
+        """Seconds each rank spent waiting for its peers' transfers this step."""
+        return self.values[3 + self.num_modules + self.num_microbatches : self._after_waits].tolist()
+
+    @property
+    def module_tokens(self) -> list[int]:
+        """Tokens (text positions, encoder rows) each module processed this step."""
+        return [int(v) for v in self.values[self._after_waits : self._after_waits + self.num_modules]]
+
+    @property
+    def module_parameters(self) -> list[int]:
+        """Parameters of each whole module (its stages' replica 0 summed)."""
+        return [int(v) for v in self.values[self._after_waits + self.num_modules :]]
+
+
+@dataclass(frozen=True)
+class StepDetails:
+    """What the last step measured beyond ``StepMetrics`` (for TensorBoard and summaries)."""
+
+    module_norms: dict[str, float]
+    waited_s: list[float]
+    module_flops: dict[str, float]
 
 
 class Trainer:
     def __init__(self, cfg: MimoConfig, ctx: DistributedContext, plan: RunPlan, *, init_from: str | None = None):
         self.cfg, self.ctx, self.plan = cfg, ctx, plan
-        self.state = GlobalState(cfg=cfg, timers=Timers(synchronize=ctx.synchronize))
+        self.trace = RunTrace(cfg, plan, rank=ctx.rank, synchronize=ctx.synchronize) if cfg.train.trace else None
+        timers = self.trace.timers(ctx.synchronize) if self.trace else Timers(synchronize=ctx.synchronize)
+        self.state = GlobalState(cfg=cfg, timers=timers)
         self.preemption: PreemptionHandler | None = None
         self.stop_requested = False
         error = None
@@ -83,7 +155,7 @@ class Trainer:
         step_func = prepare_forward_step_func(forward_step, self.state)
         engine_type = FusedEngine if plan.is_fused else PipelineEngine
         self.engine = engine_type(cfg, plan, rank=ctx.rank, device=ctx.device, forward_step=step_func,
-                                  timers=self.state.timers)
+                                  timers=self.state.timers, tracer=self.trace.recorder.action if self.trace else None)
         self.model = self.engine.model
         if init_from is not None:
             load_consolidated(self.model, init_from)
@@ -99,6 +171,12 @@ class Trainer:
             module: [p for p in params if id(p) not in repeated] for module, params in self.params_by_module.items()
         }
         self.optimizers = ModuleOptimizers(self.params_by_module, cfg.optim, total_steps=cfg.train.steps)
+        # Replica 0 of each stage reports its stage's parameters; summed over the world: each whole module's.
+        self._local_parameters = {
+            module: sum(p.numel() for p in parameters_of(self.model, module) if id(p) not in repeated)
+            for module in self.engine.modules if self._counts_norm(module)
+        }
+        self._step_tokens: dict[str, int] = dict.fromkeys(cfg.model.module_names, 0)
         self.loader: MicrobatchLoader | None = None
         init_source = {
             "seed": cfg.train.seed,
@@ -127,20 +205,20 @@ class Trainer:
         """One optimizer step over the global batch; the metrics are identical on every rank."""
         timers, train_state = self.state.timers, self.state.train_state
         start = time.perf_counter()
+        waited_before = timers.totals().get("comm-wait", 0.0)
         self.optimizers.zero_grad()
-        microbatches = self.loader.next_step() if self.loader is not None else None
+        microbatches = self._counting(self.loader.next_step()) if self.loader is not None else None
         losses = self.engine.run(microbatches)
         with timers("grad-reduce"):
-            totals, flags = self._reduce_step(losses)
-        loss_sum, num_tokens = totals[0].item(), int(totals[1].item())
-        module_norms = {m: math.sqrt(max(v.item(), 0.0)) / max(num_tokens, 1) if math.isfinite(v.item()) else math.inf
-                        for m, v in zip(self.all_modules, totals[2:])}
+            totals = self._reduce_step(losses, timers.totals().get("comm-wait", 0.0) - waited_before)
+        loss_sum, num_tokens = totals.loss_sum, totals.num_tokens
+        module_norms = {m: math.sqrt(max(v, 0.0)) / max(num_tokens, 1) if math.isfinite(v) else math.inf
+                        for m, v in zip(self.all_modules, totals.squared_norms)}
         grad_norm = math.sqrt(sum(n * n for n in module_norms.values()))
         loss = loss_sum / max(num_tokens, 1)
         lr = self._language_lr()
-        self.stop_requested = bool(flags[1].item())
-        earliest_bad = int(flags[0].item())
-        bad_microbatch = self.cfg.train.num_microbatches - earliest_bad if earliest_bad else -1
+        self.stop_requested = totals.stop_requested
+        bad_microbatch = totals.first_nonfinite_microbatch
         problem = self._nonfinite_problem(loss, module_norms, bad_microbatch)
         with timers("optimizer"):
             if problem:
@@ -153,17 +231,37 @@ class Trainer:
         train_state.step += 1
         train_state.consumed_samples += self.cfg.train.global_batch_size
         train_state.consumed_tokens += num_tokens
+        self.last_step = StepDetails(module_norms=module_norms, waited_s=totals.waited_s,
+                                     module_flops=self._module_flops(totals))
         return StepMetrics(step=train_state.step, loss=loss, grad_norm=grad_norm, lr=lr, tokens=num_tokens,
                            step_time_s=time.perf_counter() - start, skipped=bool(problem))
+
+    def _counting(self, microbatches: Iterator[Any]) -> Iterator[Any]:
+        """The microbatches, counting the tokens each module this rank feeds will process (for FLOPs)."""
+        for batch in microbatches:
+            for module in self._feeds:
+                if module == LANGUAGE_MODULE:
+                    self._step_tokens[module] += int(batch["input_ids"].numel())
+                else:
+                    inputs = batch["modality_inputs"][module]
+                    self._step_tokens[module] += int(tokens_per_sample(module, self.cfg.model.modalities[module],
+                                                                       inputs).sum())
+            yield batch
+
+    @property
+    def _feeds(self) -> list[str]:
+        """Modules whose first stage this rank holds (it reads their inputs): where tokens are counted once."""
+        return [m for m, stage in self.engine.role.stages.items() if stage == 0]
 
     @property
     def all_modules(self) -> list[str]:
         return list(self.cfg.model.module_names)
 
-    def _reduce_step(self, losses: StageLosses) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum gradients over each module's DP group; then, over the world, sum ``[loss, tokens, norm^2 per
-        module]`` (only replica 0 of a module contributes its norm) and take the max of the flags
-        ``[earliest non-finite microbatch (encoded), stop requested]``."""
+    def _reduce_step(self, losses: StageLosses, waited_s: float) -> StepTotals:
+        """Sum gradients over each module's DP group (and the tied copies between the first and last stage); then
+        one SUM over the world of every scalar the step needs: ``[loss, tokens, norm^2 per module (replica 0 of
+        each stage contributes), stop requested, non-finite microbatches (one slot each), seconds waited per
+        rank]``, copied to the host once."""
         for params in self.params_by_module.values():
             grads.materialize_grads(params)
         if self.groups.tied is not None and self.tied_params:
@@ -173,21 +271,33 @@ class Trainer:
             ranks = self.plan.layouts[module].stage_ranks(self.engine.role.stages[module])
             with self._failure(f"module {module!r}: all-reduce of gradients over its data-parallel ranks {ranks}"):
                 grads.all_reduce_grads(params, self.groups.dp_group(module))
-        norms = [grads.squared_norm(self.norm_params_by_module.get(m, [])) if self._counts_norm(m) else torch.zeros(())
-                 for m in self.all_modules]
-        totals = torch.cat([losses.reported, torch.stack(norms).float()]).to(self.ctx.device)
-        # Under MAX, ``num_microbatches - index`` picks the earliest non-finite microbatch of any rank (0: none).
-        num_microbatches = self.cfg.train.num_microbatches
-        bad = losses.first_nonfinite_microbatch
-        earliest_bad = 0 if bad is None else num_microbatches - bad
-        flags = torch.tensor([earliest_bad, int(self.preemption.requested if self.preemption else False)],
-                             dtype=torch.float32, device=self.ctx.device)
+        device = self.ctx.device
+        norms = [grads.squared_norm(self.norm_params_by_module.get(m, []), device) if self._counts_norm(m)
+                 else torch.zeros((), device=device) for m in self.all_modules]
+        num_microbatches, world = self.cfg.train.num_microbatches, self.ctx.world_size
+        modules = self.all_modules
+        flags = torch.zeros(1 + num_microbatches + world + 2 * len(modules), dtype=torch.float64)
+        flags[0] = float(self.preemption.requested if self.preemption else False)
+        if losses.first_nonfinite_microbatch is not None:
+            flags[1 + losses.first_nonfinite_microbatch] = 1.0
+        flags[1 + num_microbatches + self.ctx.rank] = waited_s
+        sizes = 1 + num_microbatches + world
+        for index, module in enumerate(modules):
+            flags[sizes + index] = float(self._step_tokens.get(module, 0))
+            flags[sizes + len(modules) + index] = float(self._local_parameters.get(module, 0))
+        self._step_tokens = dict.fromkeys(modules, 0)
+        totals = torch.cat([losses.reported.to(device).double(), torch.stack(norms).double(), flags.to(device)])
         if dist.is_initialized():
             with self._failure(f"all-reduce of the step's loss, token count and gradient norms over ranks "
-                               f"0..{self.ctx.world_size - 1}"):
+                               f"0..{world - 1}"):
                 dist.all_reduce(totals)
-                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        return totals.cpu(), flags.cpu()
+        return StepTotals(totals.cpu(), num_modules=len(self.all_modules), num_microbatches=num_microbatches)
+
+    def _module_flops(self, totals: StepTotals) -> dict[str, float]:
+        return {
+            module: module_flops(parameters, tokens, runs_backward=module in self.plan.backward_modules)
+            for module, tokens, parameters in zip(self.all_modules, totals.module_tokens, totals.module_parameters)
+        }
 
     def _counts_norm(self, module: str) -> bool:
         return self.engine.role.holds(module) and self.engine.role.dp_rank[module] == 0
@@ -225,6 +335,29 @@ class Trainer:
         base = self.cfg.optim.for_module(LANGUAGE_MODULE).lr
         optimizer_steps = self.state.train_state.step - self.state.train_state.skipped_steps
         return base * lr_factor(optimizer_steps, total_steps=self.cfg.train.steps, schedule=self.cfg.optim.lr_schedule)
+
+    def _module_lrs(self) -> dict[str, float]:
+        """Every module's scheduled learning rate for the step just taken (known on every rank)."""
+        optimizer_steps = self.state.train_state.step - self.state.train_state.skipped_steps - 1
+        factor = lr_factor(max(optimizer_steps, 0), total_steps=self.cfg.train.steps,
+                           schedule=self.cfg.optim.lr_schedule)
+        return {module: self.cfg.optim.for_module(module).lr * factor for module in self.all_modules}
+
+    def _flops_summary(self, flops: dict[str, float], history: list[StepMetrics]) -> str:
+        """Model FLOPs per module and step, and the utilisation of the job's devices (MFU)."""
+        if not history:
+            return "FLOPs: no steps"
+        steps, seconds = len(history), sum(m.step_time_s for m in history)
+        per_step = ", ".join(f"{m} {value / steps:.3g}" for m, value in flops.items())
+        achieved = sum(flops.values()) / max(seconds, 1e-9)
+        peak = self.cfg.train.peak_flops
+        source = "train.peak_flops"
+        if peak is None and self.ctx.device.type == "cpu":
+            peak, source = measure_matmul_peak(), "a measured fp32 matmul on this CPU"
+        line = f"model FLOPs per step: {per_step}; {achieved / 1e9:.3g} GFLOP/s over {self.ctx.world_size} rank(s)"
+        if peak:
+            line += f"; MFU {achieved / (peak * self.ctx.world_size):.1%} of {peak / 1e9:.3g} GFLOP/s per rank ({source})"
+        return line
 
     def _save(self, log: MetricsLog | None) -> int:
         step = self.state.train_state.step
@@ -273,11 +406,13 @@ class Trainer:
 
     def train(self) -> list[StepMetrics]:
         """Run the configured steps; the rank holding the loss writes metrics.jsonl, shows progress, sums up."""
-        log = None
+        log = board = None
         if self.is_logging_rank:
             log = MetricsLog(Path(self.cfg.run_dir), total_steps=self.cfg.train.steps,
                              start_step=self.state.train_state.step, progress=self.cfg.train.progress)
+            board = TensorBoardLog(Path(self.cfg.run_dir)) if self.cfg.train.tensorboard else None
         history = []
+        flops: dict[str, float] = {}
         self.preemption = PreemptionHandler()
         # A resumed run starts at a step that already has a checkpoint.
         saved_step = self.state.train_state.step if self.state.train_state.step > 0 else -1
@@ -285,12 +420,18 @@ class Trainer:
             if log is not None and self.data.summary:
                 log.write(self.data.summary)
             while self.state.train_state.step < self.cfg.train.steps and not self.stop_requested:
-                metrics = self.train_step()
+                with self.trace.step(self.state.train_state.step + 1) if self.trace else nullcontext():
+                    metrics = self.train_step()
                 if self._validation_due(metrics.step):
                     metrics = dataclasses.replace(metrics, val_loss=self.validate())
                 history.append(metrics)
+                for module, value in self.last_step.module_flops.items():
+                    flops[module] = flops.get(module, 0.0) + value
                 if log is not None:
                     log.log(metrics)
+                if board is not None:
+                    board.log(metrics, module_norms=self.last_step.module_norms, lrs=self._module_lrs(),
+                              waited_s=self.last_step.waited_s)
                 every = self.cfg.checkpoint.every_steps
                 if every and metrics.step % every == 0:
                     saved_step = self._save(log)
@@ -303,7 +444,16 @@ class Trainer:
             self.preemption.close()
             if log is not None:
                 log.close()
+            if board is not None:
+                board.close()
+            if self.trace:  # this rank's part, also after a failure (mimo timeline merges the parts)
+                self.trace.write_part(getattr(self.engine, "actions", None),
+                                      ", ".join(f"{m}.{s}" for m, s in self.engine.role.stages.items()))
+        trace_report = self.trace.finish(logging_rank=self.plan.loss_rank) if self.trace else None
         if log is not None:
             print(log.summary())
+            print(self._flops_summary(flops, history))
             print("time per phase (this rank):\n" + self.state.timers.report())
+            if trace_report:
+                print(trace_report)
         return history

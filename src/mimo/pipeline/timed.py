@@ -1,0 +1,218 @@
+"""Replay a schedule in seconds instead of unit steps: predicted step time and idle time per rank.
+
+Why: ``simulate`` says whether a schedule runs and how long its bubble is when every compute costs one step.
+Real stages do not cost the same (a small encoder stage next to a language stage) and transfers cost something.
+Replaying every rank's action list with *measured* per-stage costs predicts what the schedule itself allows, so
+a measured trace can be compared with it: the gap is the runtime's overhead, not the schedule's.
+
+Model (the runner's semantics, in time), every rank starting at 0:
+
+- a rank runs its actions in list order, one at a time;
+- ``F`` / ``B`` take the stage's forward / backward cost;
+- a send takes the stage's send cost (posting it) and never waits for its receiver;
+- a receive starts when its rank reaches it and ends ``transfer`` seconds after the later of its start and the
+  end of the last send it waits for (``transfer``: the largest cost of its hops, 0 when not given). The time
+  before that send ended is waiting.
+
+With every compute costing 1 and communication free, the step time equals ``simulate``'s step count.
+Pure: no torch, no process group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
+
+from mimo.comm.routing import RoutingPlan
+from mimo.parallel.layout import ModuleLayout
+from mimo.parallel.topology import Topology
+from mimo.pipeline.actions import Action, ActionKind, Schedule
+from mimo.pipeline.simulate import SimulationError
+
+__all__ = [
+    "Costs",
+    "Hop",
+    "RankTime",
+    "Send",
+    "StageCost",
+    "TimedAction",
+    "TimedResult",
+    "matching_sends",
+    "simulate_timed",
+]
+
+StageKey = tuple[str, int]
+"""``(module, stage)``."""
+
+
+class Hop(NamedTuple):
+    """The path of one message between two stages: ``direction`` F (activations) or B (gradients)."""
+
+    direction: ActionKind
+    sender: StageKey
+    receiver: StageKey
+
+
+class Send(NamedTuple):
+    """A send a receive waits for: the sending rank, its action, and the hop the message travels."""
+
+    rank: int
+    action: Action
+    hop: Hop
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """Seconds one microbatch costs a stage; sends count the time the sender spends posting."""
+
+    forward_s: float = 0.0
+    backward_s: float = 0.0
+    send_forward_s: float = 0.0
+    send_backward_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Measured (or assumed) costs: per stage, and per hop for transfers (missing entries cost 0)."""
+
+    stages: Mapping[StageKey, StageCost]
+    transfer_s: Mapping[Hop, float] = field(default_factory=dict)
+
+    def local_cost(self, action: Action) -> float:
+        """Time ``action`` keeps its own rank busy (receives are timed by their messages instead)."""
+        cost = self.stages.get((action.module, action.stage), StageCost())
+        return {
+            ActionKind.F: cost.forward_s,
+            ActionKind.B: cost.backward_s,
+            ActionKind.SEND_F: cost.send_forward_s,
+            ActionKind.SEND_B: cost.send_backward_s,
+        }.get(action.kind, 0.0)
+
+    def compute_only(self) -> Costs:
+        """The same forwards and backwards with free communication: the schedule's ideal."""
+        stages = {key: StageCost(cost.forward_s, cost.backward_s) for key, cost in self.stages.items()}
+        return replace(self, stages=stages, transfer_s={})
+
+
+@dataclass(frozen=True)
+class TimedAction:
+    rank: int
+    action: Action
+    start_s: float
+    end_s: float
+    wait_s: float = 0.0
+    """Receives only: the part of ``[start_s, end_s]`` spent before the last awaited send ended."""
+
+
+@dataclass(frozen=True)
+class RankTime:
+    busy_s: float
+    """Forwards and backwards."""
+    comm_s: float
+    """Posting sends plus the transfer part of receives."""
+    finish_s: float
+
+
+@dataclass(frozen=True)
+class TimedResult:
+    step_time_s: float
+    """When the last rank finishes its list (all ranks start at 0)."""
+    ranks: Mapping[int, RankTime]
+    actions: tuple[TimedAction, ...]
+
+    def idle_s(self, rank: int) -> float:
+        """Time in the step that ``rank`` neither computes nor communicates: waiting in receives, or done early."""
+        time = self.ranks[rank]
+        return max(self.step_time_s - time.busy_s - time.comm_s, 0.0)
+
+    def idle_fraction(self, rank: int) -> float:
+        return self.idle_s(rank) / self.step_time_s if self.step_time_s > 0 else 0.0
+
+
+def matching_sends(
+    schedule: Schedule, layouts: Mapping[str, ModuleLayout], topology: Topology, micro_batch_size: int
+) -> dict[tuple[int, Action], list[Send]]:
+    """For every receive of every rank, the sends it waits for (following ``RoutingPlan``, as the runner does)."""
+    plan = RoutingPlan(layouts, topology, micro_batch_size)
+    result: dict[tuple[int, Action], list[Send]] = {}
+    for rank, actions in schedule.items():
+        for action in actions:
+            module, stage, kind, mb = action
+            if kind is ActionKind.RECV_F:
+                result[(rank, action)] = [
+                    Send(route.transfer.src_rank, Action(route.src_module, route.src_stage, ActionKind.SEND_F, mb),
+                         Hop(ActionKind.F, (route.src_module, route.src_stage), (module, stage)))
+                    for route in plan.routes_in(rank, module, stage)
+                ]
+            elif kind is ActionKind.RECV_B:
+                result[(rank, action)] = [
+                    Send(route.transfer.dst_rank, Action(route.dst_module, route.dst_stage, ActionKind.SEND_B, mb),
+                         Hop(ActionKind.B, (route.dst_module, route.dst_stage), (module, stage)))
+                    for route in plan.routes_out(rank, module, stage)
+                ]
+    return result
+
+
+def simulate_timed(
+    schedule: Schedule,
+    layouts: Mapping[str, ModuleLayout],
+    topology: Topology,
+    micro_batch_size: int,
+    costs: Costs,
+) -> TimedResult:
+    """Replay every rank's actions with ``costs``; return the step time, per-rank busy/comm/idle and each action.
+
+    Raises:
+        SimulationError: a receive waits for a send that no rank's list has, or the lists block each other
+            (``simulate`` reports the same schedule with a step-by-step grid).
+    """
+    sends_of = matching_sends(schedule, layouts, topology, micro_batch_size)
+    ranks = sorted(schedule)
+    posted = {(rank, action) for rank in ranks for action in schedule[rank] if action.kind.is_send}
+    for (rank, action), sends in sends_of.items():
+        missing = [f"rank {s.rank}'s {s.action}" for s in sends if (s.rank, s.action) not in posted]
+        if missing:
+            raise SimulationError(f"rank {rank}'s {action} waits for {', '.join(missing)}, which no list has")
+    clock = dict.fromkeys(ranks, 0.0)
+    cursor = dict.fromkeys(ranks, 0)
+    busy, comm = dict.fromkeys(ranks, 0.0), dict.fromkeys(ranks, 0.0)
+    send_end: dict[tuple[int, Action], float] = {}
+    timed: list[TimedAction] = []
+    progressed = True
+    while progressed:
+        progressed = False
+        for rank in ranks:
+            actions = schedule[rank]
+            while cursor[rank] < len(actions):
+                action, start = actions[cursor[rank]], clock[rank]
+                wait = 0.0
+                if action.kind.is_recv:
+                    sends = sends_of[(rank, action)]
+                    if any((s.rank, s.action) not in send_end for s in sends):
+                        break
+                    ready = max([start, *(send_end[(s.rank, s.action)] for s in sends)])
+                    transfer = max((costs.transfer_s.get(s.hop, 0.0) for s in sends), default=0.0)
+                    wait, end = ready - start, ready + transfer
+                    comm[rank] += transfer
+                else:
+                    end = start + costs.local_cost(action)
+                    if action.kind.is_send:
+                        send_end[(rank, action)] = end
+                        comm[rank] += end - start
+                    else:
+                        busy[rank] += end - start
+                timed.append(TimedAction(rank, action, start, end, wait))
+                clock[rank] = end
+                cursor[rank] += 1
+                progressed = True
+    blocked = {rank: schedule[rank][cursor[rank]] for rank in ranks if cursor[rank] < len(schedule[rank])}
+    if blocked:
+        details = ", ".join(f"rank {rank} at {action}" for rank, action in blocked.items())
+        raise SimulationError(f"the action lists block each other ({details}); run simulate() for the grid")
+    step_time = max(clock.values(), default=0.0)
+    return TimedResult(
+        step_time_s=step_time,
+        ranks={rank: RankTime(busy[rank], comm[rank], clock[rank]) for rank in ranks},
+        actions=tuple(sorted(timed, key=lambda t: (t.rank, t.start_s))),
+    )

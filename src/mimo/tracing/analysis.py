@@ -1,0 +1,301 @@
+"""What a merged trace says: per-stage costs, measured idle time per rank, and the schedule's prediction from
+those same costs (``simulate_timed``), side by side.
+
+Definitions, the same for measured and predicted so they compare:
+
+- a step's *pipeline* runs from the first action of any rank to the last action of any rank;
+- a rank's *compute* is its forwards and backwards (a forward includes loading its microbatch);
+- its *communication* is posting sends plus the transfer part of its receives: the time after the last send the
+  receive waits for had been posted (``recv end - max(recv start, send end)``);
+- its *idle* time is the rest of the pipeline: waiting in receives, and before its first or after its last action.
+
+Costs are medians over the traced steps, microbatches and data-parallel replicas. The predicted step time is the
+replayed pipeline plus what the step measured outside its pipeline (zero_grad, grad-reduce, optimizer), so the two
+step times differ exactly by the pipeline's gap. Pure: no torch.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from mimo.parallel.layout import ModuleLayout
+from mimo.parallel.topology import Topology
+from mimo.pipeline.actions import Action, ActionKind, Schedule, parse_action, parse_actions
+from mimo.pipeline.timed import Costs, Hop, Send, StageCost, TimedResult, matching_sends, simulate_timed
+
+__all__ = [
+    "Comparison",
+    "MeasuredAction",
+    "MeasuredPhase",
+    "StepMeasure",
+    "TracePlan",
+    "action_spans",
+    "compare",
+    "measure_step",
+    "measured_costs",
+    "phase_spans",
+    "plan_of",
+    "traced_steps",
+]
+
+
+class MeasuredAction(NamedTuple):
+    rank: int
+    step: int
+    action: Action
+    start_s: float
+    end_s: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+class MeasuredPhase(NamedTuple):
+    rank: int
+    step: int
+    name: str
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class TracePlan:
+    """What the run executed: the layouts, topology, micro batch size and every rank's action list."""
+
+    layouts: dict[str, ModuleLayout]
+    topology: Topology
+    micro_batch_size: int
+    schedule: Schedule
+    stages: dict[int, str]
+
+    def sends_of(self) -> dict[tuple[int, Action], list[Send]]:
+        return matching_sends(self.schedule, self.layouts, self.topology, self.micro_batch_size)
+
+
+def plan_of(trace: Mapping[str, Any]) -> TracePlan | None:
+    """The plan stored in a merged trace; None when the run had no pipeline (colocated: no action lists)."""
+    meta = trace["mimo"]
+    plan, texts = meta.get("plan"), meta.get("schedule", {})
+    schedule = {int(rank): parse_actions(text) for rank, text in texts.items() if text}
+    if plan is None or not schedule:
+        return None
+    return TracePlan(
+        layouts={name: ModuleLayout(**entry) for name, entry in plan["layouts"].items()},
+        topology=Topology(plan["topology"]),
+        micro_batch_size=plan["micro_batch_size"],
+        schedule=dict(sorted(schedule.items())),
+        stages={int(rank): stage for rank, stage in meta.get("stages", {}).items()},
+    )
+
+
+def action_spans(trace: Mapping[str, Any]) -> list[MeasuredAction]:
+    """Every recorded action, in seconds on the trace's clock, ordered by rank and start."""
+    spans = [
+        MeasuredAction(event["pid"], event["args"]["step"], parse_action(event["name"]), event["ts"] / 1e6,
+                       (event["ts"] + event["dur"]) / 1e6)
+        for event in trace["traceEvents"]
+        if event.get("ph") == "X" and "kind" in event.get("args", {}) and "module" in event["args"]
+    ]
+    return sorted(spans, key=lambda span: (span.rank, span.start_s))
+
+
+def phase_spans(trace: Mapping[str, Any]) -> list[MeasuredPhase]:
+    """Every recorded phase (step, data, grad-reduce, optimizer, ...), ordered by rank and start."""
+    spans = [
+        MeasuredPhase(event["pid"], event["args"]["step"], event["name"], event["ts"] / 1e6,
+                      (event["ts"] + event["dur"]) / 1e6)
+        for event in trace["traceEvents"]
+        if event.get("ph") == "X" and "module" not in event.get("args", {})
+    ]
+    return sorted(spans, key=lambda span: (span.rank, span.start_s))
+
+
+def traced_steps(trace: Mapping[str, Any]) -> list[int]:
+    """Steps with anything recorded, in order."""
+    return sorted({event["args"]["step"] for event in trace["traceEvents"] if event.get("ph") == "X"})
+
+
+def _by_step(spans: Sequence[MeasuredAction]) -> dict[int, dict[tuple[int, Action], MeasuredAction]]:
+    steps: dict[int, dict[tuple[int, Action], MeasuredAction]] = defaultdict(dict)
+    for span in spans:
+        steps[span.step][(span.rank, span.action)] = span
+    return steps
+
+
+def _complete(step: Mapping[tuple[int, Action], MeasuredAction], plan: TracePlan) -> bool:
+    return all((rank, action) in step for rank, actions in plan.schedule.items() for action in actions)
+
+
+def _receive_split(
+    step: Mapping[tuple[int, Action], MeasuredAction], sends_of: Mapping[tuple[int, Action], list[Send]]
+) -> dict[tuple[int, Action], tuple[float, float]]:
+    """``(wait, transfer)`` of every receive of one complete step."""
+    split = {}
+    for key, sends in sends_of.items():
+        receive = step[key]
+        sent = max((step[(s.rank, s.action)].end_s for s in sends), default=receive.start_s)
+        wait = min(max(sent - receive.start_s, 0.0), receive.duration_s)
+        split[key] = (wait, receive.duration_s - wait)
+    return split
+
+
+@dataclass(frozen=True)
+class StepMeasure:
+    step: int
+    pipeline_start_s: float
+    pipeline_s: float
+    step_s: float | None
+    """First to last moment of the step over all ranks (its ``step`` spans); None if not recorded."""
+    busy_s: dict[int, float]
+    comm_s: dict[int, float]
+    wait_s: dict[tuple[int, Action], float]
+    """The waiting part of every receive."""
+
+    def idle_s(self, rank: int) -> float:
+        return max(self.pipeline_s - self.busy_s[rank] - self.comm_s[rank], 0.0)
+
+    def idle_fraction(self, rank: int) -> float:
+        return self.idle_s(rank) / self.pipeline_s if self.pipeline_s > 0 else 0.0
+
+
+def measure_step(trace: Mapping[str, Any], plan: TracePlan, step: int) -> StepMeasure:
+    """Pipeline time, compute, communication and idle time per rank of one traced step."""
+    actions = _by_step(action_spans(trace)).get(step, {})
+    if not actions or not _complete(actions, plan):
+        raise ValueError(f"step {step} is not completely traced (traced steps: {traced_steps(trace)})")
+    return _measure(step, actions, plan, plan.sends_of(), phase_spans(trace))
+
+
+def _measure(step: int, actions: Mapping[tuple[int, Action], MeasuredAction], plan: TracePlan,
+             sends_of: Mapping[tuple[int, Action], list[Send]], phases: Sequence[MeasuredPhase]) -> StepMeasure:
+    split = _receive_split(actions, sends_of)
+    start = min(span.start_s for span in actions.values())
+    end = max(span.end_s for span in actions.values())
+    busy, comm = dict.fromkeys(plan.schedule, 0.0), dict.fromkeys(plan.schedule, 0.0)
+    for (rank, action), span in actions.items():
+        if action.kind.is_compute:
+            busy[rank] += span.duration_s
+        elif action.kind.is_send:
+            comm[rank] += span.duration_s
+        else:
+            comm[rank] += split[(rank, action)][1]
+    steps = [phase for phase in phases if phase.name == "step" and phase.step == step]
+    step_s = max(p.end_s for p in steps) - min(p.start_s for p in steps) if steps else None
+    return StepMeasure(step, start, end - start, step_s, busy, comm, {key: w for key, (w, _) in split.items()})
+
+
+def measured_costs(trace: Mapping[str, Any], plan: TracePlan, steps: Sequence[int] | None = None) -> Costs:
+    """Median forward, backward and send cost per stage and transfer cost per hop over complete traced steps."""
+    by_step = _by_step(action_spans(trace))
+    sends_of = plan.sends_of()
+    samples: dict[tuple[tuple[str, int], ActionKind], list[float]] = defaultdict(list)
+    transfers: dict[Hop, list[float]] = defaultdict(list)
+    for step in steps if steps is not None else sorted(by_step):
+        actions = by_step.get(step, {})
+        if not actions or not _complete(actions, plan):
+            continue
+        split = _receive_split(actions, sends_of)
+        for (rank, action), span in actions.items():
+            if action.kind.is_recv:
+                for send in sends_of[(rank, action)]:
+                    transfers[send.hop].append(split[(rank, action)][1])
+            else:
+                samples[((action.module, action.stage), action.kind)].append(span.duration_s)
+    stages = {key for key, _ in samples}
+
+    def median(key: tuple[str, int], kind: ActionKind) -> float:
+        values = samples.get((key, kind))
+        return statistics.median(values) if values else 0.0
+
+    return Costs(
+        stages={key: StageCost(median(key, ActionKind.F), median(key, ActionKind.B), median(key, ActionKind.SEND_F),
+                               median(key, ActionKind.SEND_B)) for key in sorted(stages)},
+        transfer_s={hop: statistics.median(values) for hop, values in transfers.items()},
+    )
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Measured against predicted (measured costs) and ideal (free communication), medians over traced steps."""
+
+    steps: list[int]
+    plan: TracePlan
+    clock: str
+    measured: list[StepMeasure]
+    predicted: TimedResult
+    ideal: TimedResult
+
+    @property
+    def measured_pipeline_s(self) -> float:
+        return statistics.median(m.pipeline_s for m in self.measured)
+
+    @property
+    def outside_pipeline_s(self) -> float | None:
+        """The measured step time outside the pipeline (zero_grad, grad-reduce, optimizer): taken as is."""
+        values = [m.step_s - m.pipeline_s for m in self.measured if m.step_s is not None]
+        return statistics.median(values) if values else None
+
+    @property
+    def measured_step_s(self) -> float | None:
+        values = [m.step_s for m in self.measured if m.step_s is not None]
+        return statistics.median(values) if values else None
+
+    def measured_idle_fraction(self, rank: int) -> float:
+        return statistics.median(m.idle_fraction(rank) for m in self.measured)
+
+    def format(self) -> str:
+        ms = 1e3
+        outside = self.outside_pipeline_s
+        first, last = self.steps[0], self.steps[-1]
+        lines = [f"trace: steps {first}..{last} ({len(self.steps)} complete) on {len(self.plan.schedule)} ranks, "
+                 f"{self.clock}"]
+        rows = [("", "measured", "predicted", "ideal")]
+        if outside is not None and self.measured_step_s is not None:
+            rows.append(("step time", f"{self.measured_step_s * ms:.1f} ms",
+                         f"{(self.predicted.step_time_s + outside) * ms:.1f} ms",
+                         f"{(self.ideal.step_time_s + outside) * ms:.1f} ms"))
+        rows.append(("pipeline", f"{self.measured_pipeline_s * ms:.1f} ms", f"{self.predicted.step_time_s * ms:.1f} ms",
+                     f"{self.ideal.step_time_s * ms:.1f} ms"))
+        for rank in self.plan.schedule:
+            rows.append((f"idle rank {rank} {self.plan.stages.get(rank, '')}".rstrip(),
+                         f"{100 * self.measured_idle_fraction(rank):.1f} %",
+                         f"{100 * self.predicted.idle_fraction(rank):.1f} %",
+                         f"{100 * self.ideal.idle_fraction(rank):.1f} %"))
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        lines += ["  " + "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in
+                                   enumerate(zip(row, widths))).rstrip() for row in rows]
+        lines.append("  predicted: the schedule replayed with the measured medians (compute, sends, transfers); "
+                     "ideal: the same with free communication" + ("; step time adds the "
+                     f"{outside * ms:.1f} ms measured outside the pipeline" if outside is not None else ""))
+        lines.append("  compute per rank (median per step): " + ", ".join(
+            f"{rank}: {statistics.median(m.busy_s[rank] for m in self.measured) * ms:.1f} ms"
+            for rank in self.plan.schedule))
+        return "\n".join(lines)
+
+
+def compare(trace: Mapping[str, Any]) -> Comparison | None:
+    """The comparison over every completely traced step; None without a pipeline or a complete step."""
+    plan = plan_of(trace)
+    if plan is None:
+        return None
+    by_step = _by_step(action_spans(trace))
+    steps = [step for step in sorted(by_step) if _complete(by_step[step], plan)]
+    if not steps:
+        return None
+    sends_of, phases = plan.sends_of(), phase_spans(trace)
+    measured = [_measure(step, by_step[step], plan, sends_of, phases) for step in steps]
+    costs = measured_costs(trace, plan, steps)
+    replay = (plan.schedule, plan.layouts, plan.topology, plan.micro_batch_size)
+    return Comparison(
+        steps=steps,
+        plan=plan,
+        clock=trace["mimo"].get("clock", ""),
+        measured=measured,
+        predicted=simulate_timed(*replay, costs),
+        ideal=simulate_timed(*replay, costs.compute_only()),
+    )

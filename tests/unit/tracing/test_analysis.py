@@ -1,0 +1,131 @@
+"""Merging parts onto one clock, and the analysis on a trace whose spans follow the timed model exactly: then the
+measured costs are the costs used, and measured idle time equals the prediction."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from mimo.parallel.layout import ModuleLayout as L
+from mimo.parallel.topology import default_topology
+from mimo.pipeline.actions import ActionKind, format_actions
+from mimo.pipeline.schedules import build_train_schedule
+from mimo.pipeline.timed import Costs, Hop, StageCost, TimedResult, simulate_timed
+from mimo.tracing.analysis import action_spans, compare, measure_step, measured_costs, plan_of, traced_steps
+from mimo.tracing.files import load_trace, merge_parts, part_path, trace_path, write_json
+from mimo.tracing.plot import draw_timeline
+from mimo.tracing.recorder import PART_FORMAT, Lane
+
+LAYOUTS = {"images": L(), "language": L(pp=2, rank_offset=1)}
+TOPOLOGY = default_topology(list(LAYOUTS))
+MICROBATCHES, MBS = 4, 4
+F, B = ActionKind.F, ActionKind.B
+COSTS = Costs(
+    stages={("images", 0): StageCost(0.002, 0.004, 0.0005, 0.0),
+            ("language", 0): StageCost(0.003, 0.006, 0.0005, 0.0005),
+            ("language", 1): StageCost(0.004, 0.007, 0.0, 0.0005)},
+    transfer_s={Hop(F, ("images", 0), ("language", 0)): 0.001, Hop(F, ("language", 0), ("language", 1)): 0.001,
+                Hop(B, ("language", 1), ("language", 0)): 0.002, Hop(B, ("language", 0), ("images", 0)): 0.002},
+)
+PLAN = {"layouts": {name: {"dp": l.dp, "pp": l.pp, "tp": l.tp, "rank_offset": l.rank_offset}
+                    for name, l in LAYOUTS.items()},
+        "topology": {m: list(TOPOLOGY.successors(m)) for m in TOPOLOGY.modules}, "micro_batch_size": MBS}
+
+
+def _schedule():
+    return build_train_schedule(LAYOUTS, TOPOLOGY, MICROBATCHES)
+
+
+def _parts(result: TimedResult, steps: list[int], *, monotonic_base: dict[int, int] | None = None,
+           host: dict[int, str] | None = None, outside_s: float = 0.003) -> list[dict]:
+    """Rank parts as the recorder writes them, with every step's actions exactly where the model puts them."""
+    schedule, ns = _schedule(), 1_000_000_000
+    parts = []
+    for rank, actions in schedule.items():
+        base = (monotonic_base or {}).get(rank, 10 * ns)
+        wall = 1_700_000_000 * ns  # every rank's wall clock agrees; their monotonic clocks need not
+        spans = []
+        for i, step in enumerate(steps):
+            t0 = base + int(i * (result.step_time_s + outside_s) * ns)
+            mine = [t for t in result.actions if t.rank == rank]
+            spans.append(["step", Lane.STEP, t0, t0 + int((result.step_time_s + outside_s) * ns), {"step": step}])
+            for index, timed in enumerate(mine):
+                a = timed.action
+                spans.append([str(a), Lane.ACTIONS, t0 + round(timed.start_s * ns), t0 + round(timed.end_s * ns),
+                              {"module": a.module, "stage": a.stage, "kind": str(a.kind), "microbatch": a.microbatch,
+                               "step": step, "index": index}])
+        parts.append({"format": PART_FORMAT, "rank": rank, "window": [steps[0], steps[-1]],
+                      "clock": {"monotonic_ns": base, "wall_ns": wall, "host": (host or {}).get(rank, "one"),
+                                "boot_id": "b"},
+                      "spans": spans, "actions": format_actions(actions), "stage": "", "plan": PLAN})
+    return parts
+
+
+@pytest.fixture(scope="module")
+def modelled() -> TimedResult:
+    return simulate_timed(_schedule(), LAYOUTS, TOPOLOGY, MBS, COSTS)
+
+
+def test_a_trace_that_follows_the_model_is_predicted_exactly(modelled: TimedResult) -> None:
+    trace = merge_parts(_parts(modelled, [2, 3, 4]))
+    assert traced_steps(trace) == [2, 3, 4]
+    plan = plan_of(trace)
+    assert plan is not None and plan.schedule == _schedule()
+    costs = measured_costs(trace, plan)
+    for key, cost in COSTS.stages.items():
+        assert costs.stages[key].forward_s == pytest.approx(cost.forward_s, abs=1e-8)
+        assert costs.stages[key].backward_s == pytest.approx(cost.backward_s, abs=1e-8)
+        assert costs.stages[key].send_forward_s == pytest.approx(cost.send_forward_s, abs=1e-8)
+    for hop, seconds in COSTS.transfer_s.items():
+        assert costs.transfer_s[hop] == pytest.approx(seconds, abs=1e-8)
+    comparison = compare(trace)
+    assert comparison is not None and comparison.steps == [2, 3, 4]
+    assert comparison.measured_pipeline_s == pytest.approx(modelled.step_time_s, abs=1e-7)
+    assert comparison.predicted.step_time_s == pytest.approx(modelled.step_time_s, abs=1e-7)
+    assert comparison.outside_pipeline_s == pytest.approx(0.003, abs=1e-7)
+    for rank in _schedule():
+        assert comparison.measured_idle_fraction(rank) == pytest.approx(modelled.idle_fraction(rank), abs=1e-5)
+    assert comparison.ideal.step_time_s < comparison.predicted.step_time_s
+    text = comparison.format()
+    assert "step time" in text and "pipeline" in text and "idle rank 2" in text
+    assert f"{modelled.step_time_s * 1e3:.1f} ms" in text
+
+
+def test_measured_receives_split_into_waiting_and_transfer(modelled: TimedResult) -> None:
+    trace = merge_parts(_parts(modelled, [2]))
+    measure = measure_step(trace, plan_of(trace), 2)
+    waits = {(rank, str(action)): wait for (rank, action), wait in measure.wait_s.items()}
+    modelled_waits = {(t.rank, str(t.action)): t.wait_s for t in modelled.actions if t.action.kind.is_recv}
+    assert waits == pytest.approx(modelled_waits, abs=1e-8)
+
+
+def test_ranks_on_one_host_keep_the_monotonic_clock_and_others_are_aligned_by_wall_clock(modelled) -> None:
+    shifted = {0: 5_000_000_000, 1: 9_000_000_000, 2: 7_000_000_000}
+    one_host = merge_parts(_parts(modelled, [2], monotonic_base=shifted))
+    assert "shared by every rank" in one_host["mimo"]["clock"]
+    starts = {rank: min(s.start_s for s in action_spans(one_host) if s.rank == rank) for rank in shifted}
+    assert starts[1] - starts[0] == pytest.approx(4.0, abs=1e-3)  # kept as recorded: one clock
+    hosts = merge_parts(_parts(modelled, [2], monotonic_base=shifted, host={0: "a", 1: "b", 2: "c"}))
+    assert "NTP" in hosts["mimo"]["clock"]
+    # Each rank's (monotonic, wall) pair maps its spans onto the shared wall clock: the steps line up again.
+    assert compare(hosts).measured_pipeline_s == pytest.approx(modelled.step_time_s, abs=1e-7)
+
+
+def test_timeline_merges_parts_and_draws_a_png(tmp_path, modelled: TimedResult) -> None:
+    for part in _parts(modelled, [2, 3]):
+        write_json(part_path(tmp_path, part["rank"]), part)
+    trace = load_trace(tmp_path)
+    assert trace_path(tmp_path).is_file() and trace == load_trace(tmp_path)
+    out = draw_timeline(trace, tmp_path / "t.png", step=3)
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width >= 800 and height >= 400 and len(data) > 20_000
+    with pytest.raises(ValueError, match="step 9"):
+        draw_timeline(trace, tmp_path / "x.png", step=9)
+
+
+def test_no_trace_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(ValueError, match="train.trace=true"):
+        load_trace(tmp_path)

@@ -10,8 +10,10 @@ gradients divided by the number of microbatches), on gloo processes with one tor
 runs one training step (forward + backward, gradients zeroed, no optimizer) of each arm, alternating which goes
 first, between barriers; the step time is rank 0's wall time from one barrier to the next. The table shows the
 median, the spread (min-max) and the mimo/torch ratio of the medians, with the median of the per-repetition
-paired ratios next to it (less sensitive to load drifting during the run). The machine load is printed: on a
-shared 2-core machine ratios are the figures to trust, absolute times are not.
+paired ratios next to it (less sensitive to load drifting during the run), and the ratio of the CPU time all
+ranks spent in a step (process time, gloo's threads included: what each arm costs, whatever else runs on the
+machine). The machine load is printed: on a shared 2-core machine ratios are the figures to trust, absolute
+times are not.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class Size:
 
 SIZES = {
     "tiny": Size("tiny", hidden=64, layers=4, heads=4, seq=32, micro_batch=4, microbatches=8),
-    "medium": Size("medium", hidden=256, layers=8, heads=8, seq=128, micro_batch=4, microbatches=8),
+    "medium": Size("medium", hidden=256, layers=4, heads=8, seq=64, micro_batch=4, microbatches=8),
 }
 
 
@@ -199,7 +201,7 @@ class TorchArm:
             self.schedule.step(target=self.labels, losses=losses)
         else:
             self.schedule.step()
-        return float(torch.stack(losses).mean()) if losses else 0.0
+        return float(torch.stack(losses).detach().mean()) if losses else 0.0
 
     def grads(self) -> dict[str, Tensor]:
         return {k: p.grad for k, p in self.module.part.named_parameters()}
@@ -215,16 +217,18 @@ def _rank_main(rank: int, world: int, port: int, sizes: list[str], reps: int, wa
         size = SIZES[name]
         arms = {"mimo": MimoArm(size, rank, world, groups), "torch": TorchArm(size, rank, world)}
         times: dict[str, list[float]] = {"mimo": [], "torch": []}
+        cpu = {"mimo": 0.0, "torch": 0.0}
         losses: dict[str, float] = {}
         for rep in range(warmup + reps):
             order = ["mimo", "torch"] if rep % 2 == 0 else ["torch", "mimo"]
             for arm in order:
                 dist.barrier()
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 losses[arm] = arms[arm].step()
                 dist.barrier()
                 if rep >= warmup:
                     times[arm].append(time.perf_counter() - start)
+                    cpu[arm] += time.process_time() - start_cpu
         # The same math: the two arms' gradients of the last step must agree.
         grad_error = max(
             ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
@@ -232,10 +236,11 @@ def _rank_main(rank: int, world: int, port: int, sizes: list[str], reps: int, wa
         )
         errors = torch.tensor([grad_error])
         dist.all_reduce(errors, op=dist.ReduceOp.MAX)
-        report = torch.tensor([losses["mimo"], losses["torch"]])
-        dist.all_reduce(report)  # only the last rank holds a loss
+        report = torch.tensor([losses["mimo"], losses["torch"], cpu["mimo"], cpu["torch"]], dtype=torch.float64)
+        dist.all_reduce(report)  # losses: only the last rank holds one; CPU time: summed over ranks
         if rank == 0:
-            out.put((name, world, times, report.tolist(), float(errors)))
+            values = report.tolist()
+            out.put((name, world, times, values[:2], float(errors), values[2] / values[3]))
     dist.barrier()
     dist.destroy_process_group()
 
@@ -246,13 +251,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _row(name: str, world: int, times: dict[str, list[float]], losses: list[float], grad_error: float) -> str:
+def _row(name: str, world: int, times: dict[str, list[float]], losses: list[float], grad_error: float,
+         cpu_ratio: float) -> str:
     mimo, torch_ = times["mimo"], times["torch"]
     med_m, med_t = statistics.median(mimo), statistics.median(torch_)
     paired = statistics.median(m / t for m, t in zip(mimo, torch_))
     return (f"{name:<7} {world:>5} {1e3 * med_m:>9.1f} {1e3 * min(mimo):>7.1f}-{1e3 * max(mimo):<7.1f} "
             f"{1e3 * med_t:>9.1f} {1e3 * min(torch_):>7.1f}-{1e3 * max(torch_):<7.1f} {med_m / med_t:>6.3f} "
-            f"{paired:>7.3f}   {losses[0]:.5f}/{losses[1]:.5f} {grad_error:.1e}")
+            f"{paired:>7.3f} {cpu_ratio:>6.3f}   {losses[0]:.5f}/{losses[1]:.5f} {grad_error:.1e}")
 
 
 def main() -> None:
@@ -270,7 +276,7 @@ def main() -> None:
         print(f"  {name}: hidden {s.hidden}, {s.layers} layers, seq {s.seq}, micro batch {s.micro_batch}, "
               f"{s.microbatches} microbatches")
     print(f"{'model':<7} {'ranks':>5} {'mimo ms':>9} {'min-max':>15} {'torch ms':>9} {'min-max':>15} "
-          f"{'ratio':>6} {'paired':>7}   loss mimo/torch, grad diff")
+          f"{'ratio':>6} {'paired':>7} {'cpu':>6}   loss mimo/torch, grad diff")
     context = mp.get_context("spawn")
     for world in args.ranks:
         out = context.Queue()

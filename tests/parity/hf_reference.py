@@ -46,12 +46,12 @@ def initial_weights(raw_config: dict[str, Any]) -> dict[str, Tensor]:
 class _Encoder:
     """One HF encoder of a modality: the loaded module, and the names (under mimo's prefix) of its used tensors."""
 
-    def __init__(self, config: Any, prefix: str) -> None:
+    def __init__(self, config: Any, prefix: str, dtype: torch.dtype) -> None:
         from transformers import CLIPVisionModel, SiglipVisionModel, WhisperModel
 
-        assert config.dtype == "float32", "the reference runs in fp32"
-        self.config = config
-        kwargs = {"dtype": torch.float32, "attn_implementation": config.attn_implementation}
+        assert config.dtype == "float32", "the reference needs mimo's model in fp32"
+        self.config, self.dtype = config, dtype
+        kwargs = {"dtype": dtype, "attn_implementation": config.attn_implementation}
         if config.tower_type == "whisper":
             self.kind = "audio"
             self.module: nn.Module = WhisperModel.from_pretrained(config.hf, **kwargs).encoder
@@ -89,9 +89,9 @@ class _Encoder:
         """This encoder's output rows, one ``[rows, D]`` tensor per sample."""
         items = inputs["items_per_sample"].tolist()
         if self.kind == "vision":
-            pixels = inputs["pixel_values"]
+            pixels = inputs["pixel_values"].to(self.dtype)
             if pixels.shape[0] == 0:
-                return [torch.zeros(0, self.config.hidden_size) for _ in items]
+                return [torch.zeros(0, self.config.hidden_size, dtype=self.dtype) for _ in items]
             output = self.module(pixel_values=pixels, output_hidden_states=True)
             features = output.hidden_states[self.config.feature_layer]
             if self.config.post_layernorm:
@@ -100,11 +100,11 @@ class _Encoder:
                 features = features[:, 1:]
             per_item = list(features)  # [tokens, D] per image, in image order = sample order
         else:
-            features, lengths = inputs["features"], inputs["lengths"]
+            features, lengths = inputs["features"].to(self.dtype), inputs["lengths"]
             if features.shape[0] == 0:
-                return [torch.zeros(0, self.config.hidden_size) for _ in items]
+                return [torch.zeros(0, self.config.hidden_size, dtype=self.dtype) for _ in items]
             max_frames = 2 * self.module.config.max_source_positions
-            padded = torch.zeros(features.shape[0], max_frames, features.shape[2])
+            padded = torch.zeros(features.shape[0], max_frames, features.shape[2], dtype=self.dtype)
             for clip, length in enumerate(lengths.tolist()):
                 padded[clip, :length] = features[clip, :length]
             output = self.module(padded.transpose(1, 2), output_hidden_states=True)
@@ -113,7 +113,7 @@ class _Encoder:
         rows, start = [], 0
         for count in items:
             chunk = per_item[start : start + count]
-            rows.append(torch.cat(chunk) if chunk else torch.zeros(0, self.config.hidden_size))
+            rows.append(torch.cat(chunk) if chunk else torch.zeros(0, self.config.hidden_size, dtype=self.dtype))
             start += count
         assert start == len(per_item), f"items_per_sample {items} for {len(per_item)} items"
         return rows
@@ -127,16 +127,19 @@ def _projection(kind: str, encoder_size: int, middle: int | None, language_size:
 
 
 class HFReferenceModel:
-    """The causal LM, the encoders and the projections, with every tensor under its mimo name."""
+    """The causal LM, the encoders and the projections, with every tensor under its mimo name.
 
-    def __init__(self, cfg: MimoConfig, initial: dict[str, Tensor]) -> None:
+    ``dtype``: float32 for the parity checks; float64 gives the exact result to tell rounding from a bug.
+    """
+
+    def __init__(self, cfg: MimoConfig, initial: dict[str, Tensor], dtype: torch.dtype = torch.float32) -> None:
         from transformers import AutoModelForCausalLM
 
         language = cfg.model.language
         assert getattr(language, "kind", None) == "hf" and language.dtype == "float32", "an fp32 HF language model"
         assert language.vocab_size == language.base_vocab_size, "the reference does not grow the vocabulary"
         self.lm = AutoModelForCausalLM.from_pretrained(
-            language.hf, dtype=torch.float32, attn_implementation=language.attn_implementation
+            language.hf, dtype=dtype, attn_implementation=language.attn_implementation
         )
         self.lm.train()
         self.encoders: dict[str, dict[str, _Encoder]] = {}
@@ -145,10 +148,10 @@ class HFReferenceModel:
         for name, modality in cfg.model.modalities.items():
             prefix = f"modalities.{name}."
             self.encoders[name] = {
-                enc: _Encoder(enc_cfg, f"{prefix}encoders.{enc}.") for enc, enc_cfg in modality.encoders.items()
+                enc: _Encoder(enc_cfg, f"{prefix}encoders.{enc}.", dtype) for enc, enc_cfg in modality.encoders.items()
             }
             projection = _projection(modality.projection.kind, modality.encoder_hidden_size,
-                                     modality.projection.hidden_size, language.hidden_size)
+                                     modality.projection.hidden_size, language.hidden_size).to(dtype)
             with torch.no_grad():
                 for local, tensor in projection.state_dict(keep_vars=True).items():
                     tensor.copy_(initial[f"{prefix}projection.{local}"])
@@ -187,7 +190,7 @@ class HFReferenceModel:
         return {name: t.detach().clone() for name, t in self.named_tensors()}
 
     def loss(self, batch: dict[str, Any]) -> Tensor:
-        """The global per-token mean loss of ``batch`` (fp32 cross-entropy on the logits, masked)."""
+        """The global per-token mean loss of ``batch`` (cross-entropy in fp32 or wider on the logits, masked)."""
         input_ids = batch["input_ids"]
         embeddings = self.lm.get_input_embeddings()(input_ids)
         for name, encoders in self.encoders.items():
@@ -200,21 +203,25 @@ class HFReferenceModel:
         logits = self.lm(inputs_embeds=embeddings, attention_mask=torch.ones_like(input_ids),
                          position_ids=batch["position_ids"], use_cache=False).logits
         labels = batch["labels"]
-        per_token = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none",
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        per_token = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none",
                                     ignore_index=IGNORE_INDEX).view_as(labels)
-        mask = batch[LOSS_MASK].float()
+        mask = batch[LOSS_MASK].to(per_token.dtype)
         return (per_token * mask).sum() / mask.sum()
 
 
 def hf_reference_run(
-    raw_config: dict[str, Any], steps: int, *, initial: dict[str, Tensor] | None = None
+    raw_config: dict[str, Any], steps: int, *, initial: dict[str, Tensor] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> ReferenceResult:
     """Per-step losses and gradient norms, and the final weights (mimo names), of training with HF's forward.
 
     ``initial``: ``initial_weights(raw_config)`` when the caller has it already (only the projections are read).
+    ``dtype=torch.float64`` computes the exact training (weights come back in float64): when an update check
+    fails, compare mimo and the fp32 reference with it; if both are as far from it, the miss is fp32 rounding.
     """
     cfg = config_from_dict(copy.deepcopy(raw_config))
-    model = HFReferenceModel(cfg, initial_weights(raw_config) if initial is None else initial)
+    model = HFReferenceModel(cfg, initial_weights(raw_config) if initial is None else initial, dtype)
     params = model.trainable(cfg.optim.freeze)
     optimizer = ReferenceOptimizer(cfg, params)
     dataset = SyntheticMimoDataset(cfg.data, cfg.model)

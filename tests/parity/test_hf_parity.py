@@ -3,8 +3,9 @@
 The model set: a tiny Llama (GQA, tied embeddings, 4 layers) fed by a tiny SigLIP (images, 16 rows per image)
 and a tiny Whisper encoder (audio, ceil(frames / 2) rows per clip). Each case trains 3 steps on several gloo
 processes and is compared with ``hf_reference_run`` (``tests/parity/hf_reference.py``), which shares no model
-code with mimo: loss at every step and every weight within rtol 1e-5 (updates 1e-4), as ``assert_same_training``.
-Samples hold 1 or 2 images (and clips of 3-16 frames), so variable row counts cross every bridge.
+code with mimo: loss and gradient norm at every step and every weight within rtol 1e-5 (``assert_same_training``),
+each tensor's update (final - initial) within 1e-3 (see ``assert_same_hf_training``). Samples hold 0, 1 or 2
+images (and clips of 3-16 frames), so variable row counts, and microbatches without any, cross every bridge.
 
 The cases of one world size run one after the other in the same processes (one spawn per world size, not per
 case); each case writes its results to its own folder, so a failing case does not hide the others' results.
@@ -41,12 +42,10 @@ IMAGE_TOKEN, AUDIO_TOKEN = 3, 4  # inside the tiny Llama's 400-token vocabulary;
 SGD = {"default": {"name": "sgd", "lr": 0.3}, "lr_schedule": {"decay": "constant"}, "clip_grad": 0.0}
 ADAMW = {"default": {"name": "adamw", "lr": 2e-3, "weight_decay": 0.01}, "modules": {"images": {"name": "adamw",
          "lr": 5e-3}}, "lr_schedule": {"warmup_steps": 2, "decay": "constant"}, "clip_grad": 1.0}
-# Clipping that must fire: the gradient norm is ~2-6 at these steps (the test checks that it is above 2 x clip).
-CLIPPED_SGD = {**SGD, "clip_grad": 0.2}
+# Clipping that must fire: the gradient norm is ~1.5-5.5 at these steps (the test checks that it is above 2 x clip).
+CLIPPED_SGD = {**SGD, "clip_grad": 0.5}
 
-# Every sample has 1 or 2 images (and clips). TODO: item_presence < 1 once mimo's HF encoders accept a
-# microbatch without items (see test_hf_encoder_microbatch_without_items).
-DATA = {"num_samples": 32, "seq_length": 40, "max_items_per_sample": 2, "item_presence": 1.0, "min_frames": 3,
+DATA = {"num_samples": 32, "seq_length": 40, "max_items_per_sample": 2, "item_presence": 0.75, "min_frames": 3,
         "max_frames": 16}
 
 
@@ -188,8 +187,14 @@ def runs(tiny_hf_models, tmp_path_factory) -> Runs:  # noqa: F811
 
 
 def assert_same_hf_training(run: Run, ref: ReferenceResult, initial: dict[str, torch.Tensor], *, max_lr: float,
-                            weight_rtol: float = 1e-5, update_rtol: float = 1e-4) -> None:
-    """``assert_same_training`` (losses rtol 1e-5, weights ``weight_rtol``, updates 1e-4) and the gradient norms.
+                            weight_rtol: float = 1e-5, update_rtol: float = 1e-3) -> None:
+    """``assert_same_training`` (losses rtol 1e-5, weights ``weight_rtol``, updates ``update_rtol``) and the
+    gradient norms (rtol 1e-5).
+
+    Updates at 1e-3, not 1e-4: some updates of these tiny random models are sums with heavy cancellation (norm
+    weights, attention q/k projections), and fp32 rounds them far more than 1e-4 off. Measured against
+    ``hf_reference_run(..., dtype=torch.float64)``: the fp32 reference itself is up to 8e-4 off the exact update
+    (SigLIP ``layer_norm2.weight``, clipped case), mimo as much, the two within 1.6e-4 of each other.
 
     Key biases have a true gradient of 0 (see ``key_bias_part``): both sides must leave them at rounding noise,
     and they are compared apart from the rest.
@@ -243,7 +248,7 @@ def test_tied_embedding_copies_stay_equal(runs):
 
 
 def test_hf_parity_data_varies(tiny_hf_models):  # noqa: F811
-    """The cases prove variable-count routing only if samples really hold 1 or 2 images and clips of many lengths."""
+    """The cases prove variable-count routing only if samples hold 0, 1 or 2 images and clips of many lengths."""
     cfg = config_from_dict(CASES["colocated_dp2"].config(tiny_hf_models))
     loader = MicrobatchLoader(SyntheticMimoDataset(cfg.data, cfg.model), global_batch_size=4, num_microbatches=2,
                               seed=cfg.data.seed)
@@ -252,7 +257,7 @@ def test_hf_parity_data_varies(tiny_hf_models):  # noqa: F811
         for batch in loader.next_step():
             images.update(batch["modality_inputs"]["images"]["siglip"]["items_per_sample"].tolist())
             lengths.update(batch["modality_inputs"]["audio"]["whisper"]["lengths"].tolist())
-    assert images == {1, 2}, images
+    assert images == {0, 1, 2}, images
     assert len(lengths) >= 4, lengths
 
 

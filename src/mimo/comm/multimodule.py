@@ -5,11 +5,19 @@ stage of every source module over a bridge. A bridge routes *samples*: each send
 by the per-sample counts that travel with them (``"<module>/tokens_per_sample"``), each receiver concatenates the
 pieces in sample order. Backward mirrors it with the row splits recorded in the forward, so variable counts per
 sample work for fan-in and fan-out alike (upstream splits fan-in gradients evenly, a [GAP]).
+
+Each peer and direction is one channel of ``comm.p2p`` (one packed message per hop once shapes repeat). When
+the runner says which microbatches will arrive in this step (``begin_step``), the receive of the next message
+of every incoming channel is posted ahead: at the start, then right after each message is consumed. That is
+done on gloo only: its transfers run on its own threads, whereas NCCL runs one group's operations in order on
+one stream, where a receive posted early would hold back the sends queued behind it on the same group; there
+each receive is posted when its action runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections import deque
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -17,11 +25,13 @@ import torch.distributed as dist
 from torch import Tensor
 
 from mimo.activation_keys import counts_key, is_metadata_key, owner_of
-from mimo.comm.p2p import SendQueue, recv_dict, send_dict
-from mimo.errors import CommunicationError
+from mimo.comm.p2p import Inbox, Outbox, TransferFailed, WireError
 from mimo.comm.routing import Route, RoutingPlan, split_rows
+from mimo.errors import CommunicationError
 
 __all__ = ["MultiModulePipelineCommunicator"]
+
+_ACTIVATIONS, _GRADIENTS = "activations", "gradients"
 
 
 @dataclass
@@ -33,6 +43,8 @@ class MultiModulePipelineCommunicator:
             tensors from the others do not require grad.
         activation_group, gradient_group: world-sized groups for the two directions (see ``parallel.groups``);
             None uses the default group.
+        max_sends_in_flight: hops per outgoing channel whose buffers may still be in flight (see ``Outbox``).
+        post_receives_early: post receives ahead of need; None decides by backend (gloo yes, others no).
     """
 
     rank: int
@@ -43,9 +55,14 @@ class MultiModulePipelineCommunicator:
     device: torch.device
     activation_group: dist.ProcessGroup | None = None
     gradient_group: dist.ProcessGroup | None = None
-    queue: SendQueue = field(default_factory=SendQueue)
+    max_sends_in_flight: int = 2
+    post_receives_early: bool | None = None
     _in_rows: dict[int, dict[int, int]] = field(default_factory=dict)
     _out_rows: dict[int, dict[int, int]] = field(default_factory=dict)
+    _outboxes: dict[tuple[str, int], Outbox] = field(default_factory=dict)
+    _inboxes: dict[tuple[str, int], Inbox] = field(default_factory=dict)
+    _expected: dict[str, deque[int]] = field(default_factory=dict)
+    """Per direction, the microbatches still to be received in this step (set by ``begin_step``)."""
 
     def __post_init__(self) -> None:
         self.routes_in: list[Route] = self.routing.routes_in(self.rank, self.module, self.stage)
@@ -56,19 +73,48 @@ class MultiModulePipelineCommunicator:
         if len(successors) > 1:
             # Gradients from several consumers would have to be summed, not concatenated by samples.
             raise ValueError(f"module {self.module!r} feeds several modules {successors}; only one is supported")
+        self._in_peers = [route.transfer.src_rank for route in self.routes_in]
+        self._out_peers = [route.transfer.dst_rank for route in self.routes_out]
+
+    # step ------------------------------------------------------------------------------------------------
+    def begin_step(self, *, forward: Sequence[int], backward: Sequence[int]) -> None:
+        """Announce the microbatches this step will receive, in order: activations (``forward``) and gradients
+        (``backward``). On gloo, the first receive of every incoming channel is posted now."""
+        self._expected = {_ACTIVATIONS: deque(forward), _GRADIENTS: deque(backward)}
+        if self._posts_early():
+            self._post_next(_ACTIVATIONS)
+            self._post_next(_GRADIENTS)
+
+    def wait_all(self) -> None:
+        """Complete every posted send (each buffer is released as soon as its own send completed)."""
+        pending = sorted({box.peer for box in self._outboxes.values() if box.in_flight})
+        try:
+            for box in self._outboxes.values():
+                box.wait_all()
+        except TransferFailed as error:
+            raise CommunicationError(
+                f"module {self.module!r} stage {self.stage}: completing sends to ranks {pending} failed ({error})"
+            ) from error
+        self._expected = {}
+
+    def held_bytes(self) -> int:
+        """Bytes of buffers the communicator holds now: sends in flight and receives posted ahead."""
+        return sum(box.held_bytes for box in self._outboxes.values()) + sum(
+            box.posted_bytes for box in self._inboxes.values()
+        )
 
     # forward ---------------------------------------------------------------------------------------------
     def recv_forward(self, *, microbatch: int) -> dict[str, Tensor]:
         """Inputs of this stage, keyed by source module (within a module: the previous stage's dict)."""
-        received = [self._recv(r.transfer.src_rank, "receive activations", microbatch, self.activation_group) for r in self.routes_in]
+        received = self._receive(_ACTIVATIONS, self._in_peers, microbatch)
         if not self.is_bridge_in:
             inputs = received[0]
         else:
             inputs = {}
             for source in dict.fromkeys(r.src_module for r in self.routes_in):
                 pieces = [p for r, p in zip(self.routes_in, received) if r.src_module == source]
-                inputs[source] = torch.cat([p[source] for p in pieces])
-                inputs[counts_key(source)] = torch.cat([p[counts_key(source)] for p in pieces])
+                inputs[source] = _cat([p[source] for p in pieces])
+                inputs[counts_key(source)] = _cat([p[counts_key(source)] for p in pieces])
             self._in_rows[microbatch] = {
                 i: p[r.src_module].shape[0] for i, (r, p) in enumerate(zip(self.routes_in, received))
             }
@@ -81,9 +127,8 @@ class MultiModulePipelineCommunicator:
     def send_forward(self, outputs: dict[str, Tensor], *, microbatch: int) -> None:
         """Send this stage's outputs to the next stage, or split them by samples over every outgoing bridge."""
         if not self.is_bridge_out:
-            for route in self.routes_out:
-                detached = {k: v.detach() for k, v in outputs.items()}
-                self._send(detached, route.transfer.dst_rank, "send activations", microbatch, self.activation_group)
+            for peer in self._out_peers:  # packing copies the tensors' data, never their graph
+                self._send(_ACTIVATIONS, peer, outputs, microbatch)
             return
         rows, counts = outputs[self.module].detach(), outputs[counts_key(self.module)]
         counts_list = [int(c) for c in counts.tolist()]
@@ -92,12 +137,12 @@ class MultiModulePipelineCommunicator:
         for route, piece in zip(self.routes_out, torch.split(rows, sizes)):
             samples = route.transfer.src_samples
             payload = {self.module: piece, counts_key(self.module): counts[samples.start : samples.stop]}
-            self._send(payload, route.transfer.dst_rank, "send activations", microbatch, self.activation_group)
+            self._send(_ACTIVATIONS, route.transfer.dst_rank, payload, microbatch)
 
     # backward --------------------------------------------------------------------------------------------
     def recv_backward(self, *, microbatch: int) -> dict[str, Tensor]:
         """Gradients of this stage's outputs, keyed like the outputs."""
-        received = [self._recv(r.transfer.dst_rank, "receive gradients", microbatch, self.gradient_group) for r in self.routes_out]
+        received = self._receive(_GRADIENTS, self._out_peers, microbatch)
         if not self.is_bridge_out:
             return received[0]
         expected = self._out_rows.pop(microbatch)
@@ -108,7 +153,7 @@ class MultiModulePipelineCommunicator:
                     f"{self.routes_out[index].transfer.dst_rank} has {piece[self.module].shape[0]} rows, "
                     f"the forward sent {expected[index]}"
                 )
-        return {self.module: torch.cat([piece[self.module] for piece in received])}
+        return {self.module: _cat([piece[self.module] for piece in received])}
 
     def send_backward(self, input_grads: dict[str, Tensor], *, microbatch: int) -> None:
         """Send input gradients back: to the previous stage, or split by the forward's rows to each source."""
@@ -116,8 +161,8 @@ class MultiModulePipelineCommunicator:
             if not input_grads:
                 # The previous stage's schedule waits for this gradient: skipping it would hang that rank.
                 raise RuntimeError(f"{self.module} stage {self.stage} microbatch {microbatch}: no input gradient")
-            for route in self.routes_in:
-                self._send(input_grads, route.transfer.src_rank, "send gradients", microbatch, self.gradient_group)
+            for peer in self._in_peers:
+                self._send(_GRADIENTS, peer, input_grads, microbatch)
             return
         rows = self._in_rows.pop(microbatch)
         for source in dict.fromkeys(r.src_module for r in self.routes_in):
@@ -126,8 +171,7 @@ class MultiModulePipelineCommunicator:
             indices = [i for i, r in enumerate(self.routes_in) if r.src_module == source]
             pieces = torch.split(input_grads[source], [rows[i] for i in indices])
             for index, piece in zip(indices, pieces):
-                peer = self.routes_in[index].transfer.src_rank
-                self._send({source: piece}, peer, "send gradients", microbatch, self.gradient_group)
+                self._send(_GRADIENTS, self.routes_in[index].transfer.src_rank, {source: piece}, microbatch)
 
     def send_forward_recv_backward(self, outputs: dict[str, Tensor], *, microbatch: int) -> dict[str, Tensor]:
         self.send_forward(outputs, microbatch=microbatch)
@@ -138,33 +182,84 @@ class MultiModulePipelineCommunicator:
         self.send_backward(input_grads, microbatch=microbatch)
         return self.recv_forward(microbatch=next_microbatch)
 
-    def wait_all(self) -> None:
-        """Complete every posted send (their buffers are held until then)."""
-        try:
-            self.queue.wait_all()
-        except RuntimeError as error:
-            raise CommunicationError(
-                f"module {self.module!r} stage {self.stage}: completing sends to ranks {self.queue.peers()} failed "
-                f"({error})"
-            ) from error
+    # channels --------------------------------------------------------------------------------------------
+    def _group(self, direction: str) -> dist.ProcessGroup | None:
+        return self.activation_group if direction == _ACTIVATIONS else self.gradient_group
 
-    def _send(self, payload: dict[str, Tensor], peer: int, operation: str, microbatch: int,
-              group: dist.ProcessGroup | None) -> None:
-        # Posting a send fails at once when gloo already knows the peer's connection is closed.
-        try:
-            send_dict(self.queue, payload, peer, group)
-        except RuntimeError as error:
-            raise CommunicationError(
-                f"module {self.module!r} stage {self.stage}: {operation} of microbatch {microbatch} to rank "
-                f"{peer} failed: the peer died or did not answer within the collective timeout ({error})"
-            ) from error
+    def _inbox(self, direction: str, peer: int) -> Inbox:
+        group = self._group(direction)
+        box = self._inboxes.get((direction, peer))
+        if box is None or box.group is not group:  # groups are attached after construction (``use_groups``)
+            box = self._inboxes[(direction, peer)] = Inbox(peer, group, self.device)
+        return box
 
-    def _recv(self, peer: int, operation: str, microbatch: int,
-              group: dist.ProcessGroup | None) -> dict[str, Tensor]:
+    def _outbox(self, direction: str, peer: int) -> Outbox:
+        group = self._group(direction)
+        box = self._outboxes.get((direction, peer))
+        if box is None or box.group is not group:
+            box = self._outboxes[(direction, peer)] = Outbox(peer, group, max_in_flight=self.max_sends_in_flight)
+        return box
+
+    def _posts_early(self) -> bool:
+        if self.post_receives_early is None:
+            groups = [self.activation_group, self.gradient_group]
+            self.post_receives_early = all(dist.get_backend(group) == "gloo" for group in groups)
+        return self.post_receives_early
+
+    def _peers(self, direction: str) -> list[int]:
+        """Peers this stage receives ``direction`` from."""
+        return self._in_peers if direction == _ACTIVATIONS else self._out_peers
+
+    def _post_next(self, direction: str) -> None:
+        """Post the receive of the next expected message on every incoming channel of ``direction``."""
+        expected = self._expected.get(direction)
+        if not expected:
+            return
+        for peer in self._peers(direction):
+            box = self._inbox(direction, peer)
+            try:
+                box.post(expected[0])
+            except TransferFailed as error:
+                raise self._error("receive", direction, error.microbatch, peer, error) from error
+
+    def _receive(self, direction: str, peers: list[int], microbatch: int) -> list[dict[str, Tensor]]:
+        expected = self._expected.get(direction)
+        if expected:
+            if expected[0] != microbatch:
+                raise RuntimeError(
+                    f"module {self.module!r} stage {self.stage}: receive {direction} of microbatch {microbatch} "
+                    f"comes before microbatch {expected[0]}, which begin_step announced first"
+                )
+            expected.popleft()
+        received = []
+        for peer in peers:
+            try:
+                received.append(self._inbox(direction, peer).receive(microbatch))
+            except (TransferFailed, WireError) as error:
+                raise self._error("receive", direction, microbatch, peer, error) from error
+        if self.post_receives_early:
+            self._post_next(direction)
+        return received
+
+    def _send(self, direction: str, peer: int, payload: dict[str, Tensor], microbatch: int) -> None:
         try:
-            return recv_dict(peer, device=self.device, group=group)
-        except RuntimeError as error:
-            raise CommunicationError(
-                f"module {self.module!r} stage {self.stage}: {operation} of microbatch {microbatch} from rank "
-                f"{peer} failed: the peer died or did not answer within the collective timeout ({error})"
-            ) from error
+            self._outbox(direction, peer).send(payload, microbatch)
+        except TransferFailed as error:
+            raise self._error("send", direction, error.microbatch, peer, error) from error
+
+    def _error(self, verb: str, direction: str, microbatch: int, peer: int,
+               error: BaseException) -> CommunicationError:
+        where = "from" if verb == "receive" else "to"
+        if isinstance(error, WireError):
+            cause = f"the two ranks disagree on the message: {error}"
+        else:
+            cause = f"the peer died or did not answer within the collective timeout ({error})"
+        return CommunicationError(
+            f"module {self.module!r} stage {self.stage}: {verb} {direction} of microbatch {microbatch} {where} rank "
+            f"{peer} failed: {cause}"
+        )
+
+
+def _cat(tensors: list[Tensor]) -> Tensor:
+    """``torch.cat``, without a copy for the common single piece (a received view, already contiguous)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)

@@ -1,115 +1,217 @@
-"""Point-to-point transfer of tensors and ``{name: tensor}`` dicts with a shape and dtype handshake.
+"""Point-to-point transfer of ``{name: tensor}`` dicts over one channel: one message per hop when shapes repeat.
 
-gloo checks neither size nor dtype on point-to-point: a smaller send silently fills part of the receive buffer
-and a dtype mismatch reinterprets bytes. So every tensor travels behind a fixed-size int64 header
-``[dtype code, ndim, dim0, ..., dim7]``, and a dict behind its key list, so the receiver allocates exactly what
-was sent, for any number of dimensions, with no reshaping guesswork.
+A channel is one direction to or from one peer on one process group: an ``Outbox`` on the sending rank, an
+``Inbox`` on the receiving one. Each hop is packed into one buffer (``wire``) and the two ends agree on the next
+message's exact size from the messages so far (``channel``), so:
 
-Sends are posted without waiting (``isend``); the returned ``Work`` handles (and the tensors, which must stay
-alive until sent) are kept by a ``SendQueue`` that the caller drains. Receives block.
+- a hop whose layout is agreed is ONE message; the first hop of a channel, or one whose layout changed, is two
+  (the layout's description travels with the payload, so dtype and shape are always agreed: gloo checks
+  neither, and would reinterpret or truncate bytes);
+- the receiver can post its receive as soon as it knows one will come (``Inbox.post``), long before it needs
+  it. gloo only moves a message once its receive is posted, so a receive posted late is a round trip at the
+  moment the receiver waits; posted early, the sender's data flows while both compute;
+- a sent buffer is dropped as soon as its send completes: ``Outbox`` keeps at most ``max_in_flight`` hops in
+  flight per channel, waiting for the oldest before posting another, so buffers held by sends stay bounded by a
+  constant instead of growing with the number of microbatches. (gloo's send handles cannot be polled: their
+  ``is_completed`` stays False until ``wait``, and a short ``wait`` timeout poisons the whole process group.)
+
+Waiting for the oldest send is safe in a schedule that runs without it: that send completes once the peer
+posted its receive, which the peer does right after consuming the message before it.
+
+Errors are ``TransferFailed`` (the peer died, the timeout passed) or ``WireError`` (the two ends disagree), each
+naming the microbatch, so the caller can say which module, stage and operation failed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
-MAX_NDIM = 8
-_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.bool,
-           torch.uint8]
-_CODE = {dtype: code for code, dtype in enumerate(_DTYPES)}
-_HEADER_LEN = 2 + MAX_NDIM
-_KEY_BYTES = 64
+from mimo.comm.channel import ChannelState
+from mimo.comm.wire import (
+    HEADER_BYTES,
+    Header,
+    Kind,
+    Layout,
+    WireError,
+    aligned,
+    decode_description,
+    description_nbytes,
+    layout_of,
+    pack,
+    read_header,
+    unpack,
+    write_header,
+)
+
+__all__ = ["Inbox", "Outbox", "TransferFailed", "WireError"]
+
+
+class TransferFailed(RuntimeError):
+    """A send or receive of ``microbatch`` failed in the backend (peer gone, timeout)."""
+
+    def __init__(self, microbatch: int, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.microbatch = microbatch
 
 
 @dataclass
-class SendQueue:
-    """Posted sends that have not been waited on yet, with the buffers they read from."""
+class _InFlight:
+    works: list[dist.Work]
+    buffers: list[Tensor]
+    microbatch: int
+    nbytes: int
 
-    _pending: list[tuple[dist.Work, torch.Tensor, int]] = field(default_factory=list)
 
-    def post(self, tensor: torch.Tensor, dst: int, group: dist.ProcessGroup | None = None) -> None:
-        tensor = tensor.detach().contiguous()
-        self._pending.append((dist.isend(tensor, dst=dst, group=group), tensor, dst))
+class Outbox:
+    """Sends to ``peer`` on ``group``."""
+
+    def __init__(self, peer: int, group: dist.ProcessGroup | None, *, max_in_flight: int = 2) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        self.peer, self.group, self.max_in_flight = peer, group, max_in_flight
+        self.state = ChannelState()
+        self._in_flight: deque[_InFlight] = deque()
+        self.held_bytes = 0
+        """Bytes of send buffers not released yet."""
+
+    def send(self, tensors: Mapping[str, Tensor], microbatch: int) -> None:
+        """Post one hop; first wait for the oldest hop in flight if ``max_in_flight`` are."""
+        while len(self._in_flight) >= self.max_in_flight:
+            self._complete_oldest()
+        specs = layout_of(tensors)
+        kind = self.state.kind_for(specs)
+        layout = self.state.layout if kind is Kind.INLINE else Layout(specs)
+        assert layout is not None
+        device = next(iter(tensors.values())).device if tensors else torch.device("cpu")
+        envelope_nbytes = self.state.envelope_nbytes()
+        # A TAIL envelope's payload space (a layout change on an inline channel) is unused: zero, not stale bytes.
+        envelope = (torch.empty if kind is Kind.INLINE else torch.zeros)(envelope_nbytes, dtype=torch.uint8,
+                                                                         device=device)
+        tail_sizes = (len(layout.description), layout.nbytes) if kind is Kind.TAIL else (0, 0)
+        write_header(envelope, Header(kind, microbatch, self.state.sequence, layout.fingerprint, *tail_sizes))
+        buffers = [envelope]
+        if kind is Kind.INLINE:
+            pack(tensors, layout, envelope, HEADER_BYTES)
+        else:
+            start = description_nbytes(layout)
+            tail = torch.empty(start + layout.nbytes, dtype=torch.uint8, device=device)
+            description = torch.frombuffer(bytearray(layout.description), dtype=torch.uint8)
+            tail[: len(layout.description)].copy_(description)
+            pack(tensors, layout, tail, start)
+            buffers.append(tail)
+        # The state advances before the posts: a failed post ends the run, and the next message must not reuse
+        # this sequence number.
+        self.state.advance(kind, layout)
+        works = []
+        try:
+            for buffer in buffers:
+                works.append(dist.isend(buffer, dst=self.peer, group=self.group))
+        except RuntimeError as error:  # gloo refuses at once when it already knows the peer is gone
+            raise TransferFailed(microbatch, error) from error
+        nbytes = sum(buffer.numel() for buffer in buffers)
+        self._in_flight.append(_InFlight(works, buffers, microbatch, nbytes))
+        self.held_bytes += nbytes
 
     def wait_all(self) -> None:
-        for work, _, _ in self._pending:
+        """Complete every hop in flight and drop its buffers."""
+        while self._in_flight:
+            self._complete_oldest()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def _complete_oldest(self) -> None:
+        sent = self._in_flight[0]
+        try:
+            for work in sent.works:
+                work.wait()
+        except RuntimeError as error:
+            raise TransferFailed(sent.microbatch, error) from error
+        self._in_flight.popleft()
+        self.held_bytes -= sent.nbytes
+
+
+class Inbox:
+    """Receives from ``peer`` on ``group`` onto ``device``; at most one envelope receive is posted at a time
+    (the next one's size is known only once the previous message has been read)."""
+
+    def __init__(self, peer: int, group: dist.ProcessGroup | None, device: torch.device) -> None:
+        self.peer, self.group, self.device = peer, group, device
+        self.state = ChannelState()
+        self._posted: tuple[dist.Work, Tensor] | None = None
+
+    @property
+    def posted_bytes(self) -> int:
+        return 0 if self._posted is None else self._posted[1].numel()
+
+    @property
+    def is_posted(self) -> bool:
+        return self._posted is not None
+
+    def post(self, microbatch: int) -> None:
+        """Post the receive of the next message (``microbatch`` is only for the error message)."""
+        if self._posted is not None:
+            return
+        envelope = torch.empty(self.state.envelope_nbytes(), dtype=torch.uint8, device=self.device)
+        try:
+            self._posted = (dist.irecv(envelope, src=self.peer, group=self.group), envelope)
+        except RuntimeError as error:
+            raise TransferFailed(microbatch, error) from error
+
+    def receive(self, microbatch: int) -> dict[str, Tensor]:
+        """The next hop, which must be ``microbatch``'s; views of the received buffer."""
+        self.post(microbatch)
+        assert self._posted is not None
+        work, envelope = self._posted
+        self._posted = None
+        self._wait(work, microbatch)
+        header = read_header(envelope)
+        self._check(header, microbatch)
+        if header.kind is Kind.INLINE:
+            layout = self.state.layout
+            assert layout is not None
+            tensors = unpack(envelope, layout, HEADER_BYTES)
+        else:
+            layout, tensors = self._receive_tail(header, microbatch)
+        self.state.advance(header.kind, layout)
+        return tensors
+
+    def _receive_tail(self, header: Header, microbatch: int) -> tuple[Layout, dict[str, Tensor]]:
+        start = aligned(header.description_bytes)
+        tail = torch.empty(start + header.payload_bytes, dtype=torch.uint8, device=self.device)
+        try:
+            work = dist.irecv(tail, src=self.peer, group=self.group)
+        except RuntimeError as error:
+            raise TransferFailed(microbatch, error) from error
+        self._wait(work, microbatch)
+        description = bytes(tail[: header.description_bytes].cpu().tolist())
+        layout = decode_description(description, header.fingerprint)
+        if layout.nbytes != header.payload_bytes or description_nbytes(layout) != start:
+            raise WireError(f"layout {layout} takes {layout.nbytes} bytes, the header says {header.payload_bytes}")
+        return layout, unpack(tail, layout, start)
+
+    def _wait(self, work: dist.Work, microbatch: int) -> None:
+        try:
             work.wait()
-        self._pending.clear()
+        except RuntimeError as error:
+            raise TransferFailed(microbatch, error) from error
 
-    def peers(self) -> list[int]:
-        """Destination ranks of the sends not yet waited on."""
-        return sorted({dst for _, _, dst in self._pending})
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-
-def _header(tensor: torch.Tensor) -> torch.Tensor:
-    if tensor.dtype not in _CODE:
-        raise ValueError(f"cannot send dtype {tensor.dtype}; supported: {_DTYPES}")
-    if tensor.dim() > MAX_NDIM:
-        raise ValueError(f"cannot send a {tensor.dim()}-d tensor; at most {MAX_NDIM} dimensions")
-    header = torch.zeros(_HEADER_LEN, dtype=torch.int64)
-    header[0], header[1] = _CODE[tensor.dtype], tensor.dim()
-    header[2 : 2 + tensor.dim()] = torch.tensor(tensor.shape, dtype=torch.int64)
-    return header
-
-
-def send_tensor(queue: SendQueue, tensor: torch.Tensor, dst: int, group: dist.ProcessGroup | None = None) -> None:
-    """Post the header of ``tensor`` then its data to rank ``dst``."""
-    header = _header(tensor)
-    queue.post(header.to(tensor.device), dst, group)
-    if tensor.numel() > 0:
-        queue.post(tensor, dst, group)
-
-
-def recv_tensor(src: int, *, device: torch.device, group: dist.ProcessGroup | None = None) -> torch.Tensor:
-    """Receive one tensor sent by ``send_tensor`` from rank ``src``."""
-    header = torch.empty(_HEADER_LEN, dtype=torch.int64, device=device)
-    dist.recv(header, src=src, group=group)
-    header = header.cpu()
-    code, ndim = int(header[0]), int(header[1])
-    if not 0 <= code < len(_DTYPES) or not 0 <= ndim <= MAX_NDIM:
-        raise RuntimeError(f"corrupt tensor header from rank {src}: {header.tolist()}")
-    shape = [int(d) for d in header[2 : 2 + ndim]]
-    tensor = torch.empty(shape, dtype=_DTYPES[code], device=device)
-    if tensor.numel() > 0:
-        dist.recv(tensor, src=src, group=group)
-    return tensor
-
-
-def _encode_keys(keys: list[str]) -> torch.Tensor:
-    encoded = torch.zeros(len(keys), _KEY_BYTES, dtype=torch.uint8)
-    for row, key in enumerate(keys):
-        data = key.encode()
-        if len(data) > _KEY_BYTES:
-            raise ValueError(f"dict key {key!r} is longer than {_KEY_BYTES} bytes")
-        encoded[row, : len(data)] = torch.tensor(list(data), dtype=torch.uint8)
-    return encoded
-
-
-def _decode_keys(encoded: torch.Tensor) -> list[str]:
-    return [bytes(row[row > 0].tolist()).decode() for row in encoded.cpu()]
-
-
-def send_dict(
-    queue: SendQueue, tensors: dict[str, torch.Tensor], dst: int, group: dist.ProcessGroup | None = None
-) -> None:
-    """Post a ``{name: tensor}`` dict (keys in order, then each tensor) to rank ``dst``."""
-    keys = list(tensors)
-    send_tensor(queue, _encode_keys(keys).to(_device_of(tensors)), dst, group)
-    for key in keys:
-        send_tensor(queue, tensors[key], dst, group)
-
-
-def recv_dict(src: int, *, device: torch.device, group: dist.ProcessGroup | None = None) -> dict[str, torch.Tensor]:
-    """Receive a dict sent by ``send_dict`` from rank ``src``."""
-    keys = _decode_keys(recv_tensor(src, device=device, group=group))
-    return {key: recv_tensor(src, device=device, group=group) for key in keys}
-
-
-def _device_of(tensors: dict[str, torch.Tensor]) -> torch.device:
-    return next(iter(tensors.values())).device if tensors else torch.device("cpu")
+    def _check(self, header: Header, microbatch: int) -> None:
+        problems = []
+        if header.sequence != self.state.sequence:
+            problems.append(f"message {header.sequence} of the channel where {self.state.sequence} was expected")
+        if header.microbatch != microbatch:
+            problems.append(f"microbatch {header.microbatch} where {microbatch} was expected")
+        if header.kind is Kind.INLINE:
+            layout = self.state.layout
+            if not self.state.inline or layout is None or header.fingerprint != layout.fingerprint:
+                problems.append(f"an inline payload that does not match the agreed layout ({layout})")
+        if problems:
+            raise WireError("received " + " and ".join(problems))

@@ -19,6 +19,8 @@ from torch import Tensor
 from mimo.comm.multimodule import MultiModulePipelineCommunicator
 from mimo.pipeline.actions import Action, ActionKind
 from mimo.pipeline.backward import backward_step_multimodule
+from mimo.pipeline.held import HeldPeak, tensor_bytes
+from mimo.pipeline.lifetimes import last_uses, receive_order
 
 __all__ = ["BoundStage", "StageLosses", "StageRunner"]
 
@@ -81,12 +83,23 @@ class StageRunner:
     """False for a stage that runs no backward (frozen, nothing trainable upstream): no graph is kept."""
     tracer: Callable[[Action], AbstractContextManager[Any]] | None = None
     """Times each action for the trace (``train.trace``); None: nothing recorded."""
+    measure_held: bool = False
+    """Add up the bytes held after every action into ``held`` (a test and benchmark aid; costs a little)."""
+    held: HeldPeak = field(default_factory=HeldPeak)
+    """Peak of the last step: microbatches with a record always, bytes with ``measure_held``."""
 
     def run(self, actions: list[Action], data_iterator: Iterable[Any] | None) -> StageLosses:
-        """Execute ``actions``; return this rank's losses (non-zero on the loss stage only)."""
+        """Execute ``actions``; return this rank's losses (non-zero on the loss stage only).
+
+        Before the first action the communicator learns which messages this step receives, so it can post
+        their receives ahead of need; each microbatch's record is dropped after its last action.
+        """
         self._records: dict[int, _Record] = {}
         self._data = data_iterator
         self._losses = StageLosses()
+        self.held = HeldPeak()
+        last_use = last_uses(actions)
+        forward, backward = receive_order(actions)
         handlers: dict[ActionKind, Callable[[Action], None]] = {
             ActionKind.RECV_F: self._recv_forward,
             ActionKind.F: self._forward,
@@ -95,16 +108,32 @@ class StageRunner:
             ActionKind.B: self._backward,
             ActionKind.SEND_B: self._send_backward,
         }
-        for index, action in enumerate(actions):
-            try:
+        index = -1
+        try:
+            self.communicator.begin_step(forward=forward, backward=backward)
+            for index, action in enumerate(actions):
                 with self.tracer(action) if self.tracer is not None else nullcontext():
                     handlers[action.kind](action)
-            except Exception:
-                logger.error("rank %d failed at %s:\n%s", self.communicator.rank, action, _format(actions, index))
-                raise
+                if last_use[action.microbatch] == index:
+                    self._records.pop(action.microbatch, None)
+                self._note_held()
+        except Exception:
+            logger.error("rank %d failed at %s:\n%s", self.communicator.rank,
+                         actions[index] if index >= 0 else "the start of the step", _format(actions, index))
+            raise
         with self.timers("comm-wait"):
             self.communicator.wait_all()
         return self._losses
+
+    def _note_held(self) -> None:
+        records = self._records.values()
+        record_bytes = comm_bytes = 0
+        if self.measure_held:
+            record_bytes = tensor_bytes(
+                value for r in records for value in (r.inputs, r.output, r.output_grads, r.input_grads)
+            )
+            comm_bytes = self.communicator.held_bytes()
+        self.held.update(microbatches=len(self._records), record_bytes=record_bytes, comm_bytes=comm_bytes)
 
     def _record(self, action: Action) -> _Record:
         return self._records.setdefault(action.microbatch, _Record())
@@ -140,8 +169,7 @@ class StageRunner:
         record.inputs, record.output, record.output_grads = {}, None, None
 
     def _send_backward(self, action: Action) -> None:
-        record = self._records.pop(action.microbatch)
-        self.communicator.send_backward(record.input_grads, microbatch=action.microbatch)
+        self.communicator.send_backward(self._record(action).input_grads, microbatch=action.microbatch)
 
 
 def _format(actions: list[Action], failed: int) -> str:

@@ -272,9 +272,9 @@ class Comparison:
         lines.append("  predicted: the schedule replayed with the measured medians (compute, sends, transfers); "
                      "ideal: the same with free communication" + ("; step time adds the "
                      f"{outside * ms:.1f} ms measured outside the pipeline" if outside is not None else ""))
-        lines.append("  compute per rank (median per step): " + ", ".join(
-            f"{rank}: {statistics.median(m.busy_s[rank] for m in self.measured) * ms:.1f} ms"
-            for rank in self.plan.schedule))
+        lines.append("  measured compute / communication per rank and step (medians): " + ", ".join(
+            f"{rank}: {statistics.median(m.busy_s[rank] for m in self.measured) * ms:.1f} / "
+            f"{statistics.median(m.comm_s[rank] for m in self.measured) * ms:.1f} ms" for rank in self.plan.schedule))
         return "\n".join(lines)
 
 

@@ -63,11 +63,12 @@ def merge_parts(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     events: list[dict[str, Any]] = []
     for part in parts:
         rank = part["rank"]
-        events.append({"ph": "M", "name": "process_name", "pid": rank,
+        events.append({"ph": "M", "name": "process_name", "pid": rank, "ts": 0,
                        "args": {"name": f"rank {rank}" + (f" ({part['stage']})" if part.get("stage") else "")}})
-        events.append({"ph": "M", "name": "process_sort_index", "pid": rank, "args": {"sort_index": rank}})
+        events.append({"ph": "M", "name": "process_sort_index", "pid": rank, "ts": 0, "args": {"sort_index": rank}})
         for lane, name in _LANE_NAMES.items():
-            events.append({"ph": "M", "name": "thread_name", "pid": rank, "tid": int(lane), "args": {"name": name}})
+            events.append({"ph": "M", "name": "thread_name", "pid": rank, "tid": int(lane), "ts": 0,
+                           "args": {"name": name}})
         for name, lane, start, end, args in part["spans"]:
             events.append({
                 "ph": "X", "name": name, "cat": args.get("kind", "phase"), "pid": rank, "tid": lane,

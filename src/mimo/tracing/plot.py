@@ -142,10 +142,16 @@ def _box(ax: Axes, rank: int, action: Action, x: float, width: float, wait: floa
 
 
 def _phase(ax: Axes, phase: MeasuredPhase, zero: float) -> None:
-    """Phases as a thin strip under the row (loading data sits under its forward)."""
+    """Phases as a thin strip under the row (loading data sits under its forward); without a pipeline
+    (colocated), the forward and backward of the whole model as full boxes in the row itself."""
+    x, width = (phase.start_s - zero) * 1e3, (phase.end_s - phase.start_s) * 1e3
+    if phase.name in ("forward", "backward"):
+        forward = phase.name == "forward"
+        ax.broken_barh([(x, width)], (-phase.rank - _ROW / 2, _ROW), facecolors=_PHASE_COLORS[phase.name],
+                       edgecolors="white", linewidth=0.5, hatch=None if forward else "///")
+        return
     y = -phase.rank - _ROW / 2 - 0.06
-    ax.broken_barh([((phase.start_s - zero) * 1e3, (phase.end_s - phase.start_s) * 1e3)], (y, 0.1),
-                   facecolors=_PHASE_COLORS.get(phase.name, "black"))
+    ax.broken_barh([(x, width)], (y, 0.1), facecolors=_PHASE_COLORS.get(phase.name, "black"))
 
 
 def _legend(colors: Mapping[str, str]) -> list[Patch]:

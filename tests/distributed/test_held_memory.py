@@ -5,8 +5,9 @@ fixed. For 4, 8, 16 and 32 microbatches each rank measures (``StageRunner(measur
 runner and communicator hold after any action: microbatch records (inputs, outputs, gradients) and the
 communicator's buffers (sends in flight, receives posted ahead). The peaks reach their steady value within a
 few microbatches (4 is too short for the pattern of every channel to line up) and then stay flat, within the
-stage's 1F1B in-flight count (warmup + 1) of activation-sized tensors plus a few communication buffers. Before sends were completed as they went, a stage held every sent buffer
-until the end of the step: ~37 activation-sized buffers at 32 microbatches.
+stage's 1F1B in-flight count (warmup + 1) of activation-sized tensors plus a few communication buffers.
+Before sends were completed as they went, a stage held every sent buffer until the end of the step (~37
+activation-sized buffers at 32 microbatches); with unbounded sends this test fails.
 """
 
 from __future__ import annotations

@@ -13,8 +13,10 @@ Semantics (the runner and the simulator both follow them):
   every bridge transfer from the last stage of each source module (``RoutingPlan.routes_in``).
 - ``SEND_B`` / ``RECV_B`` mirror them for gradients: ``SEND_B`` goes back along ``routes_in`` (only to source
   modules that run a backward), ``RECV_B`` waits for a gradient along every ``routes_out``.
-- Sends are non-blocking: posted at once and completed later. A receive blocks until every expected
-  message has arrived.
+- Sends are posted at once and completed later; a channel keeps at most two hops in flight, so a send may
+  first wait for the hop two before it, whose receive its peer has already posted (``mimo.comm.p2p``; never a
+  deadlock: ``tests/unit/pipeline/test_bounded_sends.py``). A receive may be posted before its action (on gloo);
+  the action blocks until every expected message has arrived.
 """
 
 from __future__ import annotations

@@ -52,3 +52,16 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if isinstance(result, Exception):
         raise result
     return result  # type: ignore[return-value]
+
+
+def shipped_recipe(path: Path, tiny_hf_models: dict[str, Path], tmp_path: Path) -> Path:
+    """A shipped recipe as a user runs it after ``mimo hf tiny --out models/tiny``: its ``models/tiny/<name>``
+    folders point at the session's tiny models (a fresh clone has no models/ folder)."""
+    text = path.read_text()
+    if "models/tiny/" not in text:
+        return path
+    for name, folder in tiny_hf_models.items():
+        text = text.replace(f"models/tiny/{name}", str(folder))
+    copy = tmp_path / path.name
+    copy.write_text(text)
+    return copy

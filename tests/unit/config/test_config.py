@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 
 from mimo.config import apply_override, config_from_dict, load_config
+from tests.hf_fixtures import shipped_recipe, tiny_hf_models  # noqa: F401
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
-def test_every_shipped_recipe_loads(name):
-    config = load_config(CONFIGS / name)
+def test_every_shipped_recipe_loads(name, tiny_hf_models, tmp_path):
+    config = load_config(shipped_recipe(CONFIGS / name, tiny_hf_models, tmp_path))
     assert config.train.steps >= 1
 
 

@@ -12,6 +12,7 @@ from mimo.parallel.layout import Placement
 from mimo.pipeline.schedules import build_train_schedule
 from mimo.pipeline.simulate import simulate
 from mimo.training.run_plan import plan_run
+from tests.hf_fixtures import shipped_recipe, tiny_hf_models  # noqa: F401
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
@@ -93,8 +94,8 @@ def test_a_modality_must_feed_the_language_model_directly():
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in CONFIGS.glob("*.yaml")))
-def test_every_recipe_plans_and_its_schedule_runs_without_deadlock(recipe):
-    cfg = load_config(CONFIGS / recipe)
+def test_every_recipe_plans_and_its_schedule_runs_without_deadlock(recipe, tiny_hf_models, tmp_path):
+    cfg = load_config(shipped_recipe(CONFIGS / recipe, tiny_hf_models, tmp_path))
     world_size = sum(entry.dp * entry.pp for entry in cfg.layout.values()) or 1
     plan = plan_run(cfg, world_size)
     schedule = build_train_schedule(plan.layouts, plan.topology, cfg.train.num_microbatches,

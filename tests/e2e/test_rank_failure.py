@@ -29,12 +29,15 @@ KILL_DELAY_S = 0.4
 CHECKPOINTS_BEFORE_KILL = 2
 SURVIVORS = {
     # rank: (what it holds, the transfers with rank 1 it can be in when rank 1 dies)
-    0: ("module 'images' stage 0:", ("receive gradients of microbatch", "send activations of microbatch",
-                                     "completing sends to ranks [1]")),
-    2: ("module 'language' stage 1:", ("receive activations of microbatch", "send gradients of microbatch",
-                                       "completing sends to ranks [1]")),
+    0: ("module 'images' stage 0", ("receive gradients of microbatch", "send activations of microbatch",
+                                    "completing sends to ranks [1]")),
+    2: ("module 'language' stage 1", ("receive activations of microbatch", "send gradients of microbatch",
+                                      "completing sends to ranks [1]")),
 }
 PEER_NAMED = ("from rank 1 ", "to rank 1 ", "to ranks [1] ")
+IN_A_SAVE = "saving the checkpoint of step"
+"""On a fast machine the signal can land in the next save rather than in a step: a collective with no one peer to
+name, so the line names what the rank was doing and the timeout instead."""
 
 
 def train_args(run_dir: Path, steps: int) -> list[str]:
@@ -64,8 +67,11 @@ def interrupt_rank_mid_step(run_dir: Path, sig: int) -> float:
             lines = error_lines(ranks.stderr(rank))
             assert len(lines) == 1, f"rank {rank}: expected one 'mimo: error:' line\n{ranks.report()}"
             assert holder in lines[0], f"rank {rank} does not name its module and stage\n{ranks.report()}"
-            assert any(operation in lines[0] for operation in operations), ranks.report()
-            assert any(peer in lines[0] for peer in PEER_NAMED), ranks.report()
+            if IN_A_SAVE in lines[0]:
+                assert f"collective_timeout_s={float(COLLECTIVE_TIMEOUT_S)}" in lines[0], ranks.report()
+            else:
+                assert any(operation in lines[0] for operation in operations), ranks.report()
+                assert any(peer in lines[0] for peer in PEER_NAMED), ranks.report()
             assert "Traceback" not in ranks.stderr(rank), ranks.report()
         if sig == signal.SIGKILL:
             ranks.wait(10, ranks=[KILLED_RANK])

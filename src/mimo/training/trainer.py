@@ -324,7 +324,7 @@ class Trainer:
         except RuntimeError as error:
             if isinstance(error, TrainingError):
                 raise
-            role = ", ".join(f"{m} stage {s}" for m, s in self.engine.role.stages.items())
+            role = ", ".join(f"module {m!r} stage {s}" for m, s in self.engine.role.stages.items())
             raise CommunicationError(
                 f"rank {self.ctx.rank} ({role}): {what} failed: a peer died or did not answer within "
                 f"train.collective_timeout_s={self.cfg.train.collective_timeout_s} ({error})"

@@ -4,9 +4,9 @@
 
 Both arms train the same ``MimoModel`` from the same initial weights on the same pre-generated microbatches with
 AdamW, gradient clipping and the global-token-count objective. The plain loop is what a user would write by
-hand: forward, masked sum, backward per microbatch, divide, clip, step. The arms alternate round by round (the
-machine is noisy), and the table gives each arm's median ms/step over rounds, the spread (min-max of the round
-medians) and the mimo/plain ratio, for the tiny recipe and for a model of 25M+ parameters.
+hand: forward, masked sum, backward per microbatch, divide, clip, step, LR schedule step. The arms alternate
+round by round (the machine is noisy), and the table gives each arm's median ms/step over rounds, the spread
+(min-max of the round medians) and the mimo/plain ratio, for the tiny recipe and for a model of 25M+ parameters.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from mimo.config import config_from_dict, load_config
 from mimo.data import MicrobatchLoader, build_dataset
 from mimo.distributed import DistributedContext
 from mimo.model import MimoModel
+from mimo.training.optim import lr_factor
 from mimo.training.run_plan import plan_run
 from mimo.training.trainer import Trainer
 
@@ -67,6 +68,9 @@ def plain_arm(raw: dict[str, Any], steps: int) -> float:
     model = MimoModel(cfg.model, seed=cfg.train.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.default.lr, betas=(0.9, 0.95),
                                   weight_decay=cfg.optim.default.weight_decay)
+    # The recipe's warmup + cosine schedule, as a user's loop would have it (mimo steps the same LambdaLR).
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps=cfg.train.steps, schedule=cfg.optim.lr_schedule))
     loader = MicrobatchLoader(build_dataset(cfg.data, cfg.model), global_batch_size=cfg.train.global_batch_size,
                               num_microbatches=cfg.train.num_microbatches, seed=cfg.data.seed)
 
@@ -81,6 +85,7 @@ def plain_arm(raw: dict[str, Any], steps: int) -> float:
             parameter.grad /= tokens
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
         optimizer.step()
+        schedule.step()
 
     step()
     start = time.perf_counter()

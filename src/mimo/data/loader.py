@@ -63,6 +63,8 @@ class MicrobatchLoader:
         if consumed_samples < 0:
             raise ValueError(f"consumed_samples must be >= 0, got {consumed_samples}")
         self.dataset = dataset
+        self._selective = isinstance(dataset, SelectiveDataset)
+        """Decided once: a runtime Protocol check costs tens of microseconds, and it ran per sample."""
         self.global_batch_size, self.num_microbatches = global_batch_size, num_microbatches
         self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
         self.modalities = None if modalities is None else frozenset(modalities)
@@ -144,8 +146,9 @@ class MicrobatchLoader:
         return collate([self._load_sample(index) for index in indices])
 
     def _load_sample(self, index: int) -> Sample:
-        if isinstance(self.dataset, SelectiveDataset):
-            return self.dataset.load_sample(index, modalities=self.modalities, include_text=self.include_text)
+        if self._selective:
+            return self.dataset.load_sample(  # type: ignore[attr-defined]
+                index, modalities=self.modalities, include_text=self.include_text)
         return select_fields(self.dataset[index], modalities=self.modalities, include_text=self.include_text)
 
 

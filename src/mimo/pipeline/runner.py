@@ -48,16 +48,33 @@ class BoundStage:
 
 @dataclass
 class StageLosses:
-    """This rank's share of a step's loss: the summed ``[loss_sum, num_tokens]`` (zeros off the loss stage)."""
+    """This rank's share of a step's loss: per microbatch, the ``[loss_sum, num_tokens]`` of the loss stage.
 
-    reported: Tensor = field(default_factory=lambda: torch.zeros(2, dtype=torch.float32))
-    first_nonfinite_microbatch: int | None = None
+    Kept on the device where it was computed: summing and the finiteness check are device ops, so a microbatch
+    costs no host sync; the step's one reduction brings everything to the host together.
+    """
+
+    reports: dict[int, Tensor] = field(default_factory=dict)
 
     def add(self, microbatch: int, report: Tensor) -> None:
-        report = report.detach().float().cpu()
-        if self.first_nonfinite_microbatch is None and not bool(torch.isfinite(report).all()):
-            self.first_nonfinite_microbatch = microbatch
-        self.reported += report
+        self.reports[microbatch] = report.detach().float()
+
+    @property
+    def reported(self) -> Tensor:
+        """The summed ``[loss_sum, num_tokens]`` (zeros off the loss stage), summed in microbatch order."""
+        total = torch.zeros(2, dtype=torch.float32)
+        for microbatch in sorted(self.reports):
+            total = total.to(self.reports[microbatch].device) + self.reports[microbatch]
+        return total
+
+    def nonfinite(self, num_microbatches: int, device: torch.device) -> Tensor:
+        """float64 ``[num_microbatches]``: 1 where this rank's loss of that microbatch is not finite."""
+        flags = torch.zeros(num_microbatches, dtype=torch.float64, device=device)
+        if self.reports:
+            microbatches = sorted(self.reports)
+            finite = torch.stack([torch.isfinite(self.reports[m]).all() for m in microbatches]).to(device)
+            flags[torch.tensor(microbatches, device=device)] = (~finite).double()
+        return flags
 
 
 @dataclass

@@ -276,17 +276,18 @@ class Trainer:
                  else torch.zeros((), device=device) for m in self.all_modules]
         num_microbatches, world = self.cfg.train.num_microbatches, self.ctx.world_size
         modules = self.all_modules
-        flags = torch.zeros(1 + num_microbatches + world + 2 * len(modules), dtype=torch.float64)
-        flags[0] = float(self.preemption.requested if self.preemption else False)
-        if losses.first_nonfinite_microbatch is not None:
-            flags[1 + losses.first_nonfinite_microbatch] = 1.0
-        flags[1 + num_microbatches + self.ctx.rank] = waited_s
-        sizes = 1 + num_microbatches + world
-        for index, module in enumerate(modules):
-            flags[sizes + index] = float(self._step_tokens.get(module, 0))
-            flags[sizes + len(modules) + index] = float(self._local_parameters.get(module, 0))
+        # The host-side scalars as one list, one tensor: item-by-item tensor writes cost microseconds each.
+        stop = [float(self.preemption.requested if self.preemption else False)]
+        waits = [0.0] * world
+        waits[self.ctx.rank] = waited_s
+        module_tokens = [float(self._step_tokens.get(module, 0)) for module in modules]
+        module_parameters = [float(self._local_parameters.get(module, 0)) for module in modules]
         self._step_tokens = dict.fromkeys(modules, 0)
-        totals = torch.cat([losses.reported.to(device).double(), torch.stack(norms).double(), flags.to(device)])
+        totals = torch.cat([
+            losses.reported.to(device).double(), torch.stack(norms).double(),
+            torch.tensor(stop, dtype=torch.float64, device=device), losses.nonfinite(num_microbatches, device),
+            torch.tensor(waits + module_tokens + module_parameters, dtype=torch.float64, device=device),
+        ])
         if dist.is_initialized():
             with self._failure(f"all-reduce of the step's loss, token count and gradient norms over ranks "
                                f"0..{world - 1}"):
@@ -388,12 +389,11 @@ class Trainer:
         batches = max(1, samples // self.cfg.train.global_batch_size)
         if self.validation_loader is not None:
             self.validation_loader.load_state_dict({"consumed_samples": 0})
-        totals = torch.zeros(2, dtype=torch.float32)
+        totals = torch.zeros(2, dtype=torch.float32, device=self.ctx.device)
         with self.state.timers("validation"):
             for _ in range(batches):
                 microbatches = self.validation_loader.next_step() if self.validation_loader is not None else None
-                totals += self.engine.evaluate(microbatches).reported
-            totals = totals.to(self.ctx.device)
+                totals += self.engine.evaluate(microbatches).reported.to(self.ctx.device)
             if dist.is_initialized():
                 with self._failure("all-reduce of the validation loss"):
                     dist.all_reduce(totals)

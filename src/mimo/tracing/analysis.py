@@ -9,7 +9,9 @@ Definitions, the same for measured and predicted so they compare:
   receive waits for had been posted (``recv end - max(recv start, send end)``);
 - its *idle* time is the rest of the pipeline: waiting in receives, and before its first or after its last action.
 
-Costs are medians over the traced steps, microbatches and data-parallel replicas. The predicted step time is the
+Costs are means over the traced steps, microbatches and data-parallel replicas: a pipeline's length is a sum of
+action durations, whose expectation is the sum of their means, while medians drop the heavy tail of a rank that
+loses its core for a moment (half the gap to the measured step on 2 shared cores). The predicted step time is the
 replayed pipeline plus what the step measured outside its pipeline (zero_grad, grad-reduce, optimizer), so the two
 step times differ exactly by the pipeline's gap. Pure: no torch.
 """
@@ -190,7 +192,7 @@ def _measure(step: int, actions: Mapping[tuple[int, Action], MeasuredAction], pl
 
 
 def measured_costs(trace: Mapping[str, Any], plan: TracePlan, steps: Sequence[int] | None = None) -> Costs:
-    """Median forward, backward and send cost per stage and transfer cost per hop over complete traced steps."""
+    """Mean forward, backward and send cost per stage and transfer cost per hop over complete traced steps."""
     by_step = _by_step(action_spans(trace))
     sends_of = plan.sends_of()
     samples: dict[tuple[tuple[str, int], ActionKind], list[float]] = defaultdict(list)
@@ -208,14 +210,14 @@ def measured_costs(trace: Mapping[str, Any], plan: TracePlan, steps: Sequence[in
                 samples[((action.module, action.stage), action.kind)].append(span.duration_s)
     stages = {key for key, _ in samples}
 
-    def median(key: tuple[str, int], kind: ActionKind) -> float:
+    def mean(key: tuple[str, int], kind: ActionKind) -> float:
         values = samples.get((key, kind))
-        return statistics.median(values) if values else 0.0
+        return statistics.fmean(values) if values else 0.0
 
     return Costs(
-        stages={key: StageCost(median(key, ActionKind.F), median(key, ActionKind.B), median(key, ActionKind.SEND_F),
-                               median(key, ActionKind.SEND_B)) for key in sorted(stages)},
-        transfer_s={hop: statistics.median(values) for hop, values in transfers.items()},
+        stages={key: StageCost(mean(key, ActionKind.F), mean(key, ActionKind.B), mean(key, ActionKind.SEND_F),
+                               mean(key, ActionKind.SEND_B)) for key in sorted(stages)},
+        transfer_s={hop: statistics.fmean(values) for hop, values in transfers.items()},
     )
 
 
@@ -269,7 +271,7 @@ class Comparison:
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         lines += ["  " + "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in
                                    enumerate(zip(row, widths))).rstrip() for row in rows]
-        lines.append("  predicted: the schedule replayed with the measured medians (compute, sends, transfers); "
+        lines.append("  predicted: the schedule replayed with the measured mean costs (compute, sends, transfers); "
                      "ideal: the same with free communication" + ("; step time adds the "
                      f"{outside * ms:.1f} ms measured outside the pipeline" if outside is not None else ""))
         lines.append("  measured compute / communication per rank and step (medians): " + ", ".join(

@@ -55,8 +55,13 @@ def squared_norm(params: Sequence[nn.Parameter], device: torch.device | None = N
     return torch.stack(norms).float().pow(2).sum()
 
 
+def clip_coefficient(max_norm: float, total_norm: float) -> float:
+    """The factor that brings a global norm down to at most ``max_norm`` (torch's clip_grad_norm_ rule), or 1."""
+    return min(1.0, max_norm / (total_norm + 1e-6))
+
+
 def clip_grads(params: Sequence[nn.Parameter], max_norm: float, total_norm: float) -> None:
     """Scale gradients so their global norm is at most ``max_norm`` (same rule as torch's clip_grad_norm_)."""
-    coefficient = max_norm / (total_norm + 1e-6)
+    coefficient = clip_coefficient(max_norm, total_norm)
     if coefficient < 1.0:
         scale_grads(params, coefficient)

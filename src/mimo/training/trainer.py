@@ -224,9 +224,11 @@ class Trainer:
             if problem:
                 self._handle_nonfinite(problem)
             else:
-                grads.scale_grads(self.params, 1.0 / max(num_tokens, 1))
+                # The token mean and the clip in one pass over the gradients (grad_norm is already the mean's).
+                factor = 1.0 / max(num_tokens, 1)
                 if self.cfg.optim.clip_grad > 0:
-                    grads.clip_grads(self.params, self.cfg.optim.clip_grad, grad_norm)
+                    factor *= grads.clip_coefficient(self.cfg.optim.clip_grad, grad_norm)
+                grads.scale_grads(self.params, factor)
                 self.optimizers.step()
         train_state.step += 1
         train_state.consumed_samples += self.cfg.train.global_batch_size

@@ -1,4 +1,4 @@
-"""Command line: ``mimo train --config configs/tiny_vlm.yaml [--set a.b=value ...] [--nproc N]``."""
+"""Command line: ``mimo train --config configs/tiny_vlm.yaml [--set a.b=value ...] [--nproc N [--nnodes M ...]]``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from mimo import hf_models
 from mimo.config import MimoConfig, load_config
 from mimo.errors import TrainingError
+from mimo.launch import parse_launch, without_launch_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--nproc", type=int, metavar="N",
         help="start N processes on this machine with torchrun (same as `torchrun --nproc-per-node N -m mimo ...`)",
     )
+    # Strings, not type=int: mimo.launch checks them and names the bad value in a one-line error (exit code 2).
+    train.add_argument("--nnodes", metavar="M", help="the job spans M machines, each running --nproc processes")
+    train.add_argument("--node-rank", metavar="K",
+                       help="which machine this is, 0..M-1 (node K runs ranks K*N..K*N+N-1); with --nnodes")
+    train.add_argument("--master-addr", metavar="A", help="address of node 0, reachable from every node; with --nnodes")
+    train.add_argument("--master-port", metavar="P",
+                       help="free TCP port on node 0 for the rendezvous (default 29500); with --nnodes")
     export = commands.add_parser("export", help="consolidate a checkpoint into a safetensors file or HF folders")
     export.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a root holding 'latest'")
     export.add_argument("--out", metavar="FILE", help="one safetensors file with every tensor (mimo names)")
@@ -63,8 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "train" and args.nproc is not None:
-        return _relaunch_with_torchrun(args.nproc, argv)
+    if args.command == "train" and _asks_for_a_launch(args):
+        return _relaunch_with_torchrun(args, argv)
     try:
         if args.command == "hf":
             return hf_models.main(args)
@@ -117,30 +125,35 @@ def _check_data(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
-    if nproc < 1:
-        print(f"mimo: error: --nproc must be >= 1, got {nproc}", file=sys.stderr)
-        return 2
-    if "WORLD_SIZE" in os.environ:
-        print("mimo: error: --nproc given inside a torchrun launch; drop one of them", file=sys.stderr)
-        return 2
-    rest = _without_nproc(argv)
+def _asks_for_a_launch(args: argparse.Namespace) -> bool:
+    return any(value is not None for value in (args.nproc, args.nnodes, args.node_rank, args.master_addr,
+                                               args.master_port))
+
+
+def _relaunch_with_torchrun(launch_args: argparse.Namespace, argv: list[str]) -> int:
+    rest = without_launch_options(argv)
     try:  # Fail here, once and with exit code 2, rather than once per process under torchrun.
+        launch = parse_launch(launch_args.nproc, launch_args.nnodes, launch_args.node_rank, launch_args.master_addr,
+                              launch_args.master_port)
+        if "WORLD_SIZE" in os.environ:
+            raise ValueError("--nproc given inside a torchrun launch; drop one of them")
         args = build_parser().parse_args(rest)
         config = load_config(args.config, _overrides(args))
         from mimo.run import check_paths
         from mimo.training.run_plan import plan_run
 
         check_paths(config, init_from=args.init_from, export_hf=args.export_hf)
-        plan_run(config, world_size=nproc)
+        try:
+            plan_run(config, world_size=launch.world_size)
+        except ValueError as error:
+            if launch.nnodes == 1:
+                raise
+            raise ValueError(f"{error} ({launch.describe()})") from None
         _check_model_structure(config)
     except ValueError as error:
         print(f"mimo: error: {error}", file=sys.stderr)
         return 2
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "mimo", *rest
-    ]
-    return subprocess.call(command)
+    return subprocess.call(launch.torchrun_command(rest))
 
 
 def _check_model_structure(config: MimoConfig) -> None:
@@ -155,18 +168,6 @@ def _check_model_structure(config: MimoConfig) -> None:
 
 def _overrides(args: argparse.Namespace) -> list[str]:
     return list(args.overrides) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
-
-
-def _without_nproc(argv: list[str]) -> list[str]:
-    rest, skip = [], False
-    for item in argv:
-        if skip:
-            skip = False
-        elif item == "--nproc":
-            skip = True
-        elif not item.startswith("--nproc="):
-            rest.append(item)
-    return rest
 
 
 if __name__ == "__main__":

@@ -74,6 +74,43 @@ class OptimConfig:
         return self.modules.get(module, self.default)
 
 
+Precision = Literal["fp32", "bf16"]
+"""``train.precision`` values: fp32, or bf16 compute (autocast) over fp32 master weights."""
+
+
+def _check_activation_checkpointing(owner: str, value: str | int | None) -> None:
+    if value is None or value in ("none", "full"):
+        return
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return
+    raise ValueError(
+        f"{owner}activation_checkpointing={value!r} is not 'none', 'full' or a positive integer k "
+        "(recompute every k-th transformer layer)"
+    )
+
+
+@dataclass(kw_only=True)
+class ModuleComputeConfig:
+    """One module's compute settings; an entry of ``train.modules`` overrides ``train.precision`` and
+    ``train.activation_checkpointing`` for that module (a field left out, or null, inherits the train-wide one)."""
+
+    precision: Precision | None = None
+    """``fp32`` or ``bf16`` (see ``TrainConfig.precision``)."""
+    activation_checkpointing: str | int | None = None
+    """``none``, ``full`` or k (see ``TrainConfig.activation_checkpointing``)."""
+
+    def __post_init__(self) -> None:
+        _check_activation_checkpointing("", self.activation_checkpointing)
+
+    @property
+    def checkpoint_every(self) -> int:
+        """0: no recomputation; k: layers whose global index is a multiple of k (1: every layer)."""
+        value = self.activation_checkpointing
+        if value in (None, "none"):
+            return 0
+        return 1 if value == "full" else int(value)  # type: ignore[arg-type]
+
+
 @dataclass(kw_only=True)
 class TrainConfig:
     steps: int = 60
@@ -102,6 +139,19 @@ class TrainConfig:
     trace_steps: list[int] | None = None
     """``[first, last]`` steps to trace, inclusive; negative counts from the end (``[-5, -1]``: the last five).
     None: steps 2-6, the first five after the warm-up step (clipped to the run)."""
+    precision: Precision = "fp32"
+    """``fp32``: everything in fp32, as the parity suite checks. ``bf16``: each module's forward runs under
+    ``torch.autocast`` in bfloat16 while parameters, gradients, their reduction and the optimizer stay fp32 and
+    the per-token loss is computed in fp32; activations cross pipeline hops and bridges in bfloat16.
+    ``train.modules.<module>.precision`` overrides it per module."""
+    activation_checkpointing: str | int = "none"
+    """Recompute transformer layers in the backward instead of keeping their activations: ``none``, ``full``
+    (every layer) or an integer k (the layers whose global index is a multiple of k: 0, k, 2k, ...), with
+    ``torch.utils.checkpoint`` (non-reentrant). Losses and gradients do not change.
+    ``train.modules.<module>.activation_checkpointing`` overrides it per module."""
+    modules: dict[str, ModuleComputeConfig] = field(default_factory=dict)
+    """Per-module overrides of ``precision`` and ``activation_checkpointing``, keyed by module name
+    (``{images: {precision: fp32}, language: {activation_checkpointing: full}}``)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "global_batch_size", "num_microbatches"):
@@ -116,6 +166,18 @@ class TrainConfig:
             raise ValueError(f"collective_timeout_s must be > 0, got {self.collective_timeout_s}")
         if self.trace_steps is not None:
             self._check_trace_steps()
+        _check_activation_checkpointing("", self.activation_checkpointing)
+
+    def compute_for(self, module: str) -> ModuleComputeConfig:
+        """``module``'s compute settings: its ``train.modules`` entry over the train-wide ones (no None left)."""
+        entry = self.modules.get(module, ModuleComputeConfig())
+        return ModuleComputeConfig(
+            precision=entry.precision if entry.precision is not None else self.precision,
+            activation_checkpointing=(
+                entry.activation_checkpointing if entry.activation_checkpointing is not None
+                else self.activation_checkpointing
+            ),
+        )
 
     @property
     def micro_batch_size(self) -> int:
@@ -205,6 +267,9 @@ class MimoConfig:
         for key in self.optim.modules:
             if key not in modules:
                 raise ValueError(f"optim.modules.{key}: unknown module {key!r}; modules are {modules}")
+        for key in self.train.modules:
+            if key not in modules:
+                raise ValueError(f"train.modules.{key}: unknown module {key!r}; modules are {modules}")
         for entry in self.optim.freeze:
             module, _, part = entry.partition(".")
             if module not in modules or (part and (module == LANGUAGE_MODULE or part not in ("encoders", "projection"))):

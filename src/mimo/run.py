@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
+import uuid
 from pathlib import Path
 
+import torch.distributed as dist
+
 from mimo.config import MimoConfig
-from mimo.distributed import init_distributed, shutdown_distributed
+from mimo.distributed import init_distributed, raise_if_any_rank_failed, shutdown_distributed
 from mimo.export import gather_consolidated, save_safetensors
 from mimo.training.metrics import StepMetrics
 from mimo.training.run_plan import plan_run
@@ -26,6 +31,8 @@ def run_training(
     plan = plan_run(config, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     ctx = init_distributed(config.train.device, timeout_s=config.train.collective_timeout_s)
     try:
+        if spans_several_nodes() and (_writes_checkpoints(config) or resume is not None):
+            check_shared_directory("checkpoint.dir", Path(config.checkpoint_dir), rank=ctx.rank)
         trainer = Trainer(config, ctx, plan, init_from=init_from)
         if resume is not None:
             trainer.resume(resume)
@@ -94,3 +101,54 @@ def _check_init_from(path: Path) -> None:
             pass
     except (SafetensorError, OSError) as error:
         raise ValueError(f"--init-from {str(path)!r} is not a safetensors file ({error})") from None
+
+
+SHARED_PROBE_WAIT_S = 2.0
+"""How long a rank looks for rank 0's probe file: a shared file system may show a new name a moment late."""
+
+
+def spans_several_nodes() -> bool:
+    """True under a torchrun launch whose processes are not all on this machine (``LOCAL_WORLD_SIZE < WORLD_SIZE``)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size))) < world_size
+
+
+def _writes_checkpoints(config: MimoConfig) -> bool:
+    checkpoint = config.checkpoint
+    return checkpoint.at_end or checkpoint.on_preemption or checkpoint.every_steps > 0
+
+
+def check_shared_directory(key: str, path: Path, *, rank: int) -> None:
+    """Collective: every rank must see a file that rank 0 creates in ``path``, or every rank raises ``ValueError``.
+
+    A checkpoint is written by every rank into one staging folder that rank 0 then hashes, seals and renames. On
+    disks local to each machine, rank 0 would seal a checkpoint without the other machines' shards and nothing would
+    fail until a resume; this finds it before the first step instead.
+    """
+    probe, error = None, None
+    if rank == 0:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / f".mimo-shared-probe-{uuid.uuid4().hex[:16]}"
+            probe.write_text(socket.gethostname() + "\n")
+        except OSError as caught:  # reported below on every rank: the others must not wait for a probe
+            probe, error = None, ValueError(f"cannot write into {key} {str(path)!r}: {caught}")
+    box = [(None if probe is None else probe.name, socket.gethostname())]
+    dist.broadcast_object_list(box, src=0)
+    name, host_of_rank0 = box[0]
+    if name is not None:
+        deadline = time.monotonic() + SHARED_PROBE_WAIT_S
+        while not (path / name).is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not (path / name).is_file():
+            error = ValueError(
+                f"{key} {str(path)!r} is not shared by every machine of the run: rank {rank} on "
+                f"{socket.gethostname()} does not see the file {name} that rank 0 created there on {host_of_rank0}; "
+                f"every rank writes its part of a checkpoint into that folder, so put run_dir (or checkpoint.dir) "
+                f"on a file system that every machine mounts at the same path"
+            )
+    try:
+        raise_if_any_rank_failed(error)  # also keeps the probe in place until every rank has looked
+    finally:
+        if probe is not None:
+            probe.unlink(missing_ok=True)

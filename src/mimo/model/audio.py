@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mimo.model.compute import run_layer
 from mimo.model.configs import AudioEncoderConfig
 from mimo.model.encoder_layers import build_encoder_blocks, check_hidden, check_layer_range, missing_part_error
 from mimo.model.types import EncoderOutput, check_items_per_sample, sum_per_sample
@@ -27,6 +28,9 @@ class AudioEncoder(nn.Module):
 
     aux_keys: tuple[str, ...] = ("tokens_per_clip", "items_per_sample")
     """Keys of the ``aux`` dict that ``embed`` returns and later stages need."""
+    checkpoint_every: int = 0
+    """Recompute the layers whose global index is a multiple of this in the backward (0: none; see
+    ``mimo.model.compute``)."""
 
     def __init__(
         self,
@@ -79,8 +83,8 @@ class AudioEncoder(nn.Module):
         """Run the held blocks on ``[N, L, D]``, masking each clip's padded tokens as attention keys."""
         check_hidden(hidden_NLD, self.config.hidden_size, "audio encoder")
         padding_NL = self._padding(hidden_NLD, aux["tokens_per_clip"])
-        for layer in self.layers.values():
-            hidden_NLD = layer(hidden_NLD, key_padding_mask=padding_NL)
+        for index, layer in self.layers.items():
+            hidden_NLD = run_layer(layer, int(index), self.checkpoint_every, hidden_NLD, key_padding_mask=padding_NL)
         return hidden_NLD
 
     def finish(self, hidden_NLD: Tensor, aux: dict[str, Tensor]) -> EncoderOutput:

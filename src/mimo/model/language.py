@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mimo.model.compute import fp32_region, run_layer
 from mimo.model.configs import LanguageModelConfig
 from mimo.model.layers import TransformerBlock
 from mimo.model.packing import segment_ids
@@ -98,8 +99,8 @@ class LanguageModel(nn.Module):
     def _run_layers(self, hidden: Tensor, position_ids: Tensor | None) -> Tensor:
         # Packed rows: attention stays inside each sequence (position ids restart where one begins).
         segments = segment_ids(position_ids) if position_ids is not None else None
-        for layer in self.layers.values():
-            hidden = layer(hidden, segment_ids=segments)
+        for index, layer in self.layers.items():
+            hidden = run_layer(layer, int(index), self.checkpoint_every, hidden, segment_ids=segments)
         return hidden
 
     def head_logits(self, hidden: Tensor) -> Tensor:
@@ -107,6 +108,10 @@ class LanguageModel(nn.Module):
         if self.head is None or self.norm is None:
             raise ValueError("this LanguageModel slice was built with has_head=False and has no logits")
         return self.head(self.norm(hidden))
+
+    checkpoint_every: int = 0
+    """Recompute the layers whose global index is a multiple of this in the backward (0: none; see
+    ``mimo.model.compute``)."""
 
     passes_position_ids = True
     """Later stages need the position ids too: in packed rows they mark where each sequence starts."""
@@ -129,10 +134,12 @@ class LanguageModel(nn.Module):
             raise ValueError(f"labels must be [B, S] = {list(hidden.shape[:2])}, got {list(labels.shape)}")
         _check_range("label", labels[labels != IGNORE_INDEX], self.config.vocab_size, "vocab_size")
         logits = self.head_logits(hidden).float()
-        losses = F.cross_entropy(
-            logits.reshape(-1, self.config.vocab_size),
-            labels.reshape(-1).to(torch.long),
-            reduction="none",
-            ignore_index=IGNORE_INDEX,
-        )
+        # The loss (its logsumexp) in fp32 whatever precision the layers ran in.
+        with fp32_region(logits.device.type):
+            losses = F.cross_entropy(
+                logits.reshape(-1, self.config.vocab_size),
+                labels.reshape(-1).to(torch.long),
+                reduction="none",
+                ignore_index=IGNORE_INDEX,
+            )
         return losses.view(labels.shape)

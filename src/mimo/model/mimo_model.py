@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+from typing import Any
+
 from torch import Tensor, nn
 
+from mimo.model.compute import autocast
 from mimo.model.configs import LANGUAGE_MODULE, MimoModelConfig
 from mimo.model.modality import ModalitySubmodule
 from mimo.model.providers import build_language_slice
@@ -45,13 +49,22 @@ class MimoModel(nn.Module):
             }
         )
         self.placeholder_ids = config.placeholder_ids
+        self.precisions: dict[str, str] = {}
+        """Per module, ``fp32`` (the default) or ``bf16`` autocast around its forward (``compute.apply_compute``)."""
+
+    def _autocast(self, module: str) -> AbstractContextManager[Any]:
+        return autocast(self.precisions.get(module, "fp32"), self)
 
     def encode(self, modality_inputs: dict[str, dict[str, dict[str, Tensor]]]) -> dict[str, EncoderOutput]:
         """Run each modality present in ``modality_inputs``; rows are projected to the LM hidden size."""
         unknown = [name for name in modality_inputs if name not in self.modalities]
         if unknown:
             raise ValueError(f"modality_inputs has unknown modality(ies) {unknown}; known: {list(self.modalities)}")
-        return {name: self.modalities[name](inputs) for name, inputs in modality_inputs.items()}
+        encoded = {}
+        for name, inputs in modality_inputs.items():
+            with self._autocast(name):
+                encoded[name] = self.modalities[name](inputs)
+        return encoded
 
     def forward(
         self,
@@ -65,7 +78,8 @@ class MimoModel(nn.Module):
         """Per-token loss ``[B, S]``; ``loss_mask`` is accepted for the caller's convenience and not applied."""
         del loss_mask  # The loss function applies it, so that it sees every token's loss.
         combined = self.embed(input_ids=input_ids, position_ids=position_ids, modality_inputs=modality_inputs)
-        return self.language(combined, position_ids=position_ids, labels=labels)
+        with self._autocast(LANGUAGE_MODULE):
+            return self.language(combined, position_ids=position_ids, labels=labels)
 
     def embed(
         self, *, input_ids: Tensor, position_ids: Tensor, modality_inputs: dict[str, dict[str, dict[str, Tensor]]] | None
@@ -74,9 +88,10 @@ class MimoModel(nn.Module):
         encoded = self.encode(modality_inputs or {})
         for name, output in encoded.items():
             check_tokens_per_sample(name, input_ids, self.placeholder_ids[name], output.tokens_per_sample)
-        text = self.language.embed(input_ids, position_ids)
-        rows = {name: output.embeddings for name, output in encoded.items()}
-        return splice_embeddings(text, input_ids, rows, self.placeholder_ids)
+        with self._autocast(LANGUAGE_MODULE):
+            text = self.language.embed(input_ids, position_ids)
+            rows = {name: output.embeddings for name, output in encoded.items()}
+            return splice_embeddings(text, input_ids, rows, self.placeholder_ids)
 
     def logits(
         self, *, input_ids: Tensor, position_ids: Tensor,
@@ -84,4 +99,5 @@ class MimoModel(nn.Module):
     ) -> Tensor:
         """Next-token logits ``[B, S, vocab]`` (for generation and inspection; training uses ``forward``)."""
         combined = self.embed(input_ids=input_ids, position_ids=position_ids, modality_inputs=modality_inputs)
-        return self.language.logits(combined, position_ids=position_ids)
+        with self._autocast(LANGUAGE_MODULE):
+            return self.language.logits(combined, position_ids=position_ids)

@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from mimo.model.compute import autocast, to_compute_dtype, to_parameter_dtype
 from mimo.model.configs import MimoModelConfig
 from mimo.activation_keys import counts_key, metadata_key
 from mimo.model.mimo_model import modality_prefix
@@ -81,6 +82,8 @@ class ModalityStage(nn.Module):
             prefix=modality_prefix(name),
         )
         self.modalities = nn.ModuleDict({name: submodule})
+        self.precisions: dict[str, str] = {}
+        """``{name: "bf16"}`` runs this stage under bf16 autocast (``compute.apply_compute``); default fp32."""
 
     @property
     def is_first_stage(self) -> bool:
@@ -98,7 +101,17 @@ class ModalityStage(nn.Module):
     def forward(
         self, *, inputs: dict[str, Tensor], modality_inputs: dict[str, Any] | None = None, **unused: Any
     ) -> dict[str, Tensor]:
-        """Stage 0 embeds ``modality_inputs[name]``, later stages take ``inputs``; then the held layers run."""
+        """Stage 0 embeds ``modality_inputs[name]``, later stages take ``inputs``; then the held layers run.
+
+        Under bf16 the outputs travel in bf16 and a later stage casts its input back to its weights' dtype."""
+        precision = self.precisions.get(self.module_name, "fp32")
+        with autocast(precision, self):
+            outputs = self._forward(inputs, modality_inputs, precision)
+        return to_compute_dtype(outputs, precision)
+
+    def _forward(
+        self, inputs: dict[str, Tensor], modality_inputs: dict[str, Any] | None, precision: str
+    ) -> dict[str, Tensor]:
         name = self.module_name
         submodule = self.modalities[name]
         if self.is_first_stage:
@@ -106,7 +119,10 @@ class ModalityStage(nn.Module):
                 raise ValueError(f"the {name!r} encoder stage got no inputs for modality {name!r}")
             states = submodule.embed(modality_inputs[name])
         else:
-            states = self._unpack(inputs)
+            states = {
+                encoder: (to_parameter_dtype(hidden, precision, submodule.encoders[encoder]), aux)
+                for encoder, (hidden, aux) in self._unpack(inputs).items()
+            }
         states = submodule.run_layers(states)
         if not self.is_last_stage:
             return self._pack(states)

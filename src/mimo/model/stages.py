@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from mimo.model.compute import autocast, to_compute_dtype, to_parameter_dtype
 from mimo.model.configs import LANGUAGE_MODULE, MimoModelConfig
 from mimo.activation_keys import counts_key, metadata_key
 from mimo.model.mimo_model import LANGUAGE_PREFIX
@@ -39,6 +40,8 @@ class LanguageStage(nn.Module):
             prefix=LANGUAGE_PREFIX,
         )
         self.placeholder_ids = config.placeholder_ids
+        self.precisions: dict[str, str] = {}
+        """``{"language": "bf16"}`` runs this stage under bf16 autocast (``compute.apply_compute``); default fp32."""
 
     @property
     def is_first_stage(self) -> bool:
@@ -62,6 +65,16 @@ class LanguageStage(nn.Module):
         labels: Tensor | None = None,
         **unused: Any,
     ) -> Tensor | dict[str, Tensor]:
+        precision = self.precisions.get(LANGUAGE_MODULE, "fp32")
+        with autocast(precision, self):
+            output = self._forward(inputs, input_ids, position_ids, labels, precision)
+        # Activations travel to the next stage in the compute dtype (the loss stays fp32).
+        return output if self.is_loss_stage else to_compute_dtype(output, precision)
+
+    def _forward(
+        self, inputs: dict[str, Tensor], input_ids: Tensor | None, position_ids: Tensor | None,
+        labels: Tensor | None, precision: str,
+    ) -> Tensor | dict[str, Tensor]:
         if self.is_first_stage:
             if input_ids is None or position_ids is None:
                 raise ValueError("the first language stage needs input_ids and position_ids")
@@ -72,7 +85,7 @@ class LanguageStage(nn.Module):
                     rows[name] = inputs[name]
             hidden = splice_embeddings(self.language.embed(input_ids, position_ids), input_ids, rows, self.placeholder_ids)
         else:
-            hidden = inputs[LANGUAGE_MODULE]
+            hidden = to_parameter_dtype(inputs[LANGUAGE_MODULE], precision, self)
             position_ids = inputs.get(POSITION_IDS_KEY)
         output = self.language(hidden, position_ids=position_ids, labels=labels)
         if self.is_loss_stage:

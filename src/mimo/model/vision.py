@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mimo.model.compute import run_layer
 from mimo.model.configs import VisionEncoderConfig
 from mimo.model.encoder_layers import build_encoder_blocks, check_hidden, check_layer_range, missing_part_error
 from mimo.model.types import EncoderOutput, check_items_per_sample
@@ -25,6 +26,9 @@ class VisionEncoder(nn.Module):
 
     aux_keys: tuple[str, ...] = ("items_per_sample",)
     """Keys of the ``aux`` dict that ``embed`` returns and later stages need."""
+    checkpoint_every: int = 0
+    """Recompute the layers whose global index is a multiple of this in the backward (0: none; see
+    ``mimo.model.compute``)."""
 
     def __init__(
         self,
@@ -84,8 +88,8 @@ class VisionEncoder(nn.Module):
         """Run the held blocks on ``[N, T, D]`` (``aux`` is unused: every patch of every image is valid)."""
         del aux
         check_hidden(hidden_NTD, self.config.hidden_size, "vision encoder")
-        for layer in self.layers.values():
-            hidden_NTD = layer(hidden_NTD)
+        for index, layer in self.layers.items():
+            hidden_NTD = run_layer(layer, int(index), self.checkpoint_every, hidden_NTD)
         return hidden_NTD
 
     def finish(self, hidden_NTD: Tensor, aux: dict[str, Tensor]) -> EncoderOutput:

@@ -21,6 +21,7 @@ from mimo.comm.multimodule import MultiModulePipelineCommunicator
 from mimo.comm.routing import RoutingPlan
 from mimo.config import MimoConfig
 from mimo.model import MimoModel
+from mimo.model.compute import apply_compute
 from mimo.model.configs import LANGUAGE_MODULE
 from mimo.model.stages import LanguageStage, ModalityStage
 from mimo.parallel.groups import ModuleGroups
@@ -41,6 +42,7 @@ class FusedEngine:
                  forward_step: ForwardStep, timers: Callable[[str], Any], tracer: ActionTracer | None = None) -> None:
         self.model: nn.Module = MimoModel(cfg.model, seed=cfg.train.seed).to(device)
         self.modules = list(cfg.model.module_names)
+        apply_compute(self.model, {module: cfg.train.compute_for(module) for module in self.modules})
         self.role = role_of(rank, plan.layouts)
         self._dp_size = plan.layouts[LANGUAGE_MODULE].dp
         self.num_microbatches = cfg.train.num_microbatches
@@ -86,6 +88,7 @@ class PipelineEngine:
         self.modules = [self.module]
         self._dp_size = plan.layouts[self.module].dp
         self.model = _build_stage(cfg, self.module, stage, num_stages).to(device)
+        apply_compute(self.model, {self.module: cfg.train.compute_for(self.module)})
         routing = RoutingPlan(plan.layouts, plan.topology, cfg.train.micro_batch_size)
 
         def runner(backward_modules: frozenset[str], tracer: ActionTracer | None) -> tuple[StageRunner, list[Any]]:

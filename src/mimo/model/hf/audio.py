@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoderLayer
 
+from mimo.model.compute import run_layer
 from mimo.model.encoder_layers import check_hidden, check_layer_range, missing_part_error
 from mimo.model.hf.encoder_config import HFEncoderConfig
 from mimo.model.hf.weights import WeightFiles, empty_parameters, materialize
@@ -57,6 +58,9 @@ class HFAudioEncoder(nn.Module):
 
     aux_keys: tuple[str, ...] = ("tokens_per_clip", "items_per_sample")
     """Keys of the ``aux`` dict that ``embed`` returns and later stages need."""
+    checkpoint_every: int = 0
+    """Recompute the layers whose global index is a multiple of this in the backward (0: none; see
+    ``mimo.model.compute``)."""
 
     def __init__(
         self,
@@ -123,8 +127,9 @@ class HFAudioEncoder(nn.Module):
         check_hidden(hidden_NLD, self.config.hidden_size, "hf audio encoder")
         if hidden_NLD.shape[0] == 0:
             return hidden_NLD  # no item in this microbatch: transformers' attention cannot reshape an empty batch
-        for layer in self.encoder.layers.values():
-            hidden_NLD = layer(hidden_NLD, None)  # None: no attention mask, as in HF's WhisperEncoder
+        for index, layer in self.encoder.layers.items():
+            # None: no attention mask, as in HF's WhisperEncoder.
+            hidden_NLD = run_layer(layer, int(index), self.checkpoint_every, hidden_NLD, None)
         return hidden_NLD
 
     def finish(self, hidden_NLD: Tensor, aux: dict[str, Tensor]) -> EncoderOutput:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mimo.model.compute import fp32_region, run_layer
 from mimo.model.encoder_layers import check_layer_range, missing_part_error
 from mimo.model.hf.language_config import HFLanguageConfig
 from mimo.model.hf.weights import WeightFiles, empty_parameters, materialize
@@ -72,6 +73,10 @@ def _has_path(module: nn.Module, path: str) -> bool:
 
 class HFLanguageSlice(nn.Module):
     """Layers ``layers`` of the HF causal LM in ``config.hf``, with the embedding and/or the head."""
+
+    checkpoint_every: int = 0
+    """Recompute the layers whose global index is a multiple of this in the backward (0: none; see
+    ``mimo.model.compute``)."""
 
     passes_position_ids = True
     """Every stage needs the position ids (rotary embeddings, masks): the first stage sends them along."""
@@ -213,8 +218,8 @@ class HFLanguageSlice(nn.Module):
         position_embeddings = self.model.rotary_emb(hidden, position_ids)
         for index, layer in self.model.layers.items():
             layer_type = self._sliding[int(index)] if self._sliding else "full_attention"
-            hidden = layer(hidden, attention_mask=masks[layer_type], position_ids=position_ids,
-                           position_embeddings=position_embeddings, use_cache=False)
+            hidden = run_layer(layer, int(index), self.checkpoint_every, hidden, attention_mask=masks[layer_type],
+                               position_ids=position_ids, position_embeddings=position_embeddings, use_cache=False)
         return hidden
 
 
@@ -225,6 +230,12 @@ def per_token_loss(logits: Tensor, labels: Tensor) -> Tensor:
     full ``log_softmax`` copy); in fp32 ``.float()`` is free.
     """
     logits = logits.float()
+    # fp32 whatever precision the layers ran in: no op of the loss may be autocast to bf16.
+    with fp32_region(logits.device.type):
+        return _per_token_loss(logits, labels)
+
+
+def _per_token_loss(logits: Tensor, labels: Tensor) -> Tensor:
     valid = labels != IGNORE_INDEX
     targets = torch.where(valid, labels, torch.zeros_like(labels)).to(torch.long)
     if targets.numel() and int(targets.max()) >= logits.shape[-1]:

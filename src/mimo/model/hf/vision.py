@@ -18,6 +18,7 @@ from transformers import AutoConfig, PretrainedConfig
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer, CLIPVisionEmbeddings
 from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer, SiglipVisionEmbeddings
 
+from mimo.model.compute import run_layer
 from mimo.model.encoder_layers import check_hidden, check_layer_range, missing_part_error
 from mimo.model.hf.encoder_config import HFEncoderConfig
 from mimo.model.hf.weights import WeightFiles, empty_parameters, materialize
@@ -48,6 +49,9 @@ class HFVisionEncoder(nn.Module):
 
     aux_keys: tuple[str, ...] = ("items_per_sample",)
     """Keys of the ``aux`` dict that ``embed`` returns and later stages need."""
+    checkpoint_every: int = 0
+    """Recompute the layers whose global index is a multiple of this in the backward (0: none; see
+    ``mimo.model.compute``)."""
 
     def __init__(
         self,
@@ -142,8 +146,9 @@ class HFVisionEncoder(nn.Module):
         check_hidden(hidden_NLD, self.config.hidden_size, "hf vision encoder")
         if hidden_NLD.shape[0] == 0:
             return hidden_NLD  # no item in this microbatch: transformers' attention cannot reshape an empty batch
-        for layer in self.tower.encoder["layers"].values():
-            hidden_NLD = layer(hidden_NLD, None)  # None: no attention mask, as in HF's vision forward
+        for index, layer in self.tower.encoder["layers"].items():
+            # None: no attention mask, as in HF's vision forward.
+            hidden_NLD = run_layer(layer, int(index), self.checkpoint_every, hidden_NLD, None)
         return hidden_NLD
 
     def finish(self, hidden_NLD: Tensor, aux: dict[str, Tensor]) -> EncoderOutput:

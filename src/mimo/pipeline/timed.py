@@ -14,6 +14,9 @@ Model (the runner's semantics, in time), every rank starting at 0:
   end of the last send it waits for (``transfer``: the largest cost of its hops, 0 when not given). The time
   before that send ended is waiting.
 
+Costs come from a ``CostModel``: fixed per stage and hop (``Costs``), or anything that answers per action, such
+as ``mimo.tracing.analysis``'s draws from a trace's measured durations (which replays their spread too).
+
 With every compute costing 1 and communication free, the step time equals ``simulate``'s step count.
 Pure: no torch, no process group.
 """
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from mimo.comm.routing import RoutingPlan
 from mimo.parallel.layout import ModuleLayout
@@ -31,6 +34,7 @@ from mimo.pipeline.actions import Action, ActionKind, Schedule
 from mimo.pipeline.simulate import SimulationError
 
 __all__ = [
+    "CostModel",
     "Costs",
     "Hop",
     "RankTime",
@@ -62,6 +66,18 @@ class Send(NamedTuple):
     hop: Hop
 
 
+class CostModel(Protocol):
+    """What ``simulate_timed`` asks, once per action it replays."""
+
+    def local_cost(self, action: Action) -> float:
+        """Seconds ``action`` (a forward, backward or send) keeps its own rank busy."""
+        ...
+
+    def transfer_cost(self, hop: Hop) -> float:
+        """Seconds a message on ``hop`` takes once its send has ended and its receive is posted."""
+        ...
+
+
 @dataclass(frozen=True)
 class StageCost:
     """Seconds one microbatch costs a stage; sends count the time the sender spends posting."""
@@ -88,6 +104,9 @@ class Costs:
             ActionKind.SEND_F: cost.send_forward_s,
             ActionKind.SEND_B: cost.send_backward_s,
         }.get(action.kind, 0.0)
+
+    def transfer_cost(self, hop: Hop) -> float:
+        return self.transfer_s.get(hop, 0.0)
 
     def compute_only(self) -> Costs:
         """The same forwards and backwards with free communication: the schedule's ideal."""
@@ -159,7 +178,7 @@ def simulate_timed(
     layouts: Mapping[str, ModuleLayout],
     topology: Topology,
     micro_batch_size: int,
-    costs: Costs,
+    costs: CostModel,
 ) -> TimedResult:
     """Replay every rank's actions with ``costs``; return the step time, per-rank busy/comm/idle and each action.
 
@@ -192,7 +211,7 @@ def simulate_timed(
                     if any((s.rank, s.action) not in send_end for s in sends):
                         break
                     ready = max([start, *(send_end[(s.rank, s.action)] for s in sends)])
-                    transfer = max((costs.transfer_s.get(s.hop, 0.0) for s in sends), default=0.0)
+                    transfer = max((costs.transfer_cost(s.hop) for s in sends), default=0.0)
                     wait, end = ready - start, ready + transfer
                     comm[rank] += transfer
                 else:

@@ -9,15 +9,18 @@ Definitions, the same for measured and predicted so they compare:
   receive waits for had been posted (``recv end - max(recv start, send end)``);
 - its *idle* time is the rest of the pipeline: waiting in receives, and before its first or after its last action.
 
-Costs are means over the traced steps, microbatches and data-parallel replicas: a pipeline's length is a sum of
-action durations, whose expectation is the sum of their means, while medians drop the heavy tail of a rank that
-loses its core for a moment (half the gap to the measured step on 2 shared cores). The predicted step time is the
-replayed pipeline plus what the step measured outside its pipeline (zero_grad, grad-reduce, optimizer), so the two
-step times differ exactly by the pipeline's gap. Pure: no torch.
+The prediction replays the schedule many times, each action's cost drawn from the durations measured for its
+stage and kind (over the traced steps, microbatches and data-parallel replicas), and takes the medians: a
+pipeline waits on its slowest actions, so the costs' spread matters, not just their typical value (with one
+replay of median costs, a rank that loses its core now and then on 2 shared cores made the prediction miss the
+measured pipeline by a third; with the spread replayed, by a few percent). The timeline draws one replay with the
+mean costs. The predicted step time is the replayed pipeline plus what the step measured outside its pipeline
+(zero_grad, grad-reduce, optimizer). Pure: no torch.
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -27,20 +30,34 @@ from typing import Any, NamedTuple
 from mimo.parallel.layout import ModuleLayout
 from mimo.parallel.topology import Topology
 from mimo.pipeline.actions import Action, ActionKind, Schedule, parse_action, parse_actions
-from mimo.pipeline.timed import Costs, Hop, Send, StageCost, TimedResult, matching_sends, simulate_timed
+from mimo.pipeline.timed import (
+    Costs,
+    Hop,
+    Send,
+    StageCost,
+    StageKey,
+    TimedResult,
+    matching_sends,
+    simulate_timed,
+)
 
 __all__ = [
     "Comparison",
+    "CostSamples",
+    "DrawnCosts",
     "MeasuredAction",
     "MeasuredPhase",
+    "SpreadPrediction",
     "StepMeasure",
     "TracePlan",
     "action_spans",
     "compare",
     "measure_step",
     "measured_costs",
+    "measured_samples",
     "phase_spans",
     "plan_of",
+    "predict_with_spread",
     "traced_steps",
 ]
 
@@ -191,11 +208,50 @@ def _measure(step: int, actions: Mapping[tuple[int, Action], MeasuredAction], pl
     return StepMeasure(step, start, end - start, step_s, busy, comm, {key: w for key, (w, _) in split.items()})
 
 
-def measured_costs(trace: Mapping[str, Any], plan: TracePlan, steps: Sequence[int] | None = None) -> Costs:
-    """Mean forward, backward and send cost per stage and transfer cost per hop over complete traced steps."""
+@dataclass(frozen=True)
+class CostSamples:
+    """Every measured duration of a trace's complete steps: per stage and action kind, and per hop (transfers)."""
+
+    stages: Mapping[tuple[StageKey, ActionKind], Sequence[float]]
+    transfers: Mapping[Hop, Sequence[float]]
+
+    def means(self) -> Costs:
+        def mean(key: StageKey, kind: ActionKind) -> float:
+            values = self.stages.get((key, kind))
+            return statistics.fmean(values) if values else 0.0
+
+        keys = sorted({key for key, _ in self.stages})
+        return Costs(
+            stages={key: StageCost(mean(key, ActionKind.F), mean(key, ActionKind.B), mean(key, ActionKind.SEND_F),
+                                   mean(key, ActionKind.SEND_B)) for key in keys},
+            transfer_s={hop: statistics.fmean(values) for hop, values in self.transfers.items() if values},
+        )
+
+    def draws(self, rng: random.Random) -> DrawnCosts:
+        return DrawnCosts(self, rng)
+
+
+class DrawnCosts:
+    """A ``CostModel`` that gives every replayed action a duration drawn from its stage's measured ones, so a
+    replay has the spread of the measured steps (a rank that loses its core now and then), not just their mean."""
+
+    def __init__(self, samples: CostSamples, rng: random.Random) -> None:
+        self._samples, self._rng = samples, rng
+
+    def local_cost(self, action: Action) -> float:
+        values = self._samples.stages.get(((action.module, action.stage), action.kind))
+        return self._rng.choice(values) if values else 0.0
+
+    def transfer_cost(self, hop: Hop) -> float:
+        values = self._samples.transfers.get(hop)
+        return self._rng.choice(values) if values else 0.0
+
+
+def measured_samples(trace: Mapping[str, Any], plan: TracePlan, steps: Sequence[int] | None = None) -> CostSamples:
+    """Every forward, backward and send duration per stage and transfer time per hop over complete traced steps."""
     by_step = _by_step(action_spans(trace))
     sends_of = plan.sends_of()
-    samples: dict[tuple[tuple[str, int], ActionKind], list[float]] = defaultdict(list)
+    samples: dict[tuple[StageKey, ActionKind], list[float]] = defaultdict(list)
     transfers: dict[Hop, list[float]] = defaultdict(list)
     for step in steps if steps is not None else sorted(by_step):
         actions = by_step.get(step, {})
@@ -208,16 +264,36 @@ def measured_costs(trace: Mapping[str, Any], plan: TracePlan, steps: Sequence[in
                     transfers[send.hop].append(split[(rank, action)][1])
             else:
                 samples[((action.module, action.stage), action.kind)].append(span.duration_s)
-    stages = {key for key, _ in samples}
+    return CostSamples(dict(samples), dict(transfers))
 
-    def mean(key: tuple[str, int], kind: ActionKind) -> float:
-        values = samples.get((key, kind))
-        return statistics.fmean(values) if values else 0.0
 
-    return Costs(
-        stages={key: StageCost(mean(key, ActionKind.F), mean(key, ActionKind.B), mean(key, ActionKind.SEND_F),
-                               mean(key, ActionKind.SEND_B)) for key in sorted(stages)},
-        transfer_s={hop: statistics.fmean(values) for hop, values in transfers.items()},
+def measured_costs(trace: Mapping[str, Any], plan: TracePlan, steps: Sequence[int] | None = None) -> Costs:
+    """Mean forward, backward and send cost per stage and transfer cost per hop over complete traced steps."""
+    return measured_samples(trace, plan, steps).means()
+
+
+@dataclass(frozen=True)
+class SpreadPrediction:
+    """Medians over replays with drawn costs: the step the schedule allows given the measured costs' spread."""
+
+    pipeline_s: float
+    idle_fraction: Mapping[int, float]
+
+
+REPLAYS = 101
+"""Replays with drawn costs per prediction: enough for a stable median, a fraction of a second on small plans."""
+
+
+def predict_with_spread(plan: TracePlan, samples: CostSamples, replays: int = REPLAYS) -> SpreadPrediction:
+    """Replay the plan ``replays`` times with every action's cost drawn from the measured ones (seeded: the same
+    trace gives the same prediction)."""
+    rng = random.Random(0)
+    results = [simulate_timed(plan.schedule, plan.layouts, plan.topology, plan.micro_batch_size,
+                              samples.draws(rng)) for _ in range(replays)]
+    return SpreadPrediction(
+        pipeline_s=statistics.median(result.step_time_s for result in results),
+        idle_fraction={rank: statistics.median(result.idle_fraction(rank) for result in results)
+                       for rank in plan.schedule},
     )
 
 
@@ -230,6 +306,9 @@ class Comparison:
     clock: str
     measured: list[StepMeasure]
     predicted: TimedResult
+    """One replay with the mean costs (what the timeline draws)."""
+    spread: SpreadPrediction
+    """Replays with drawn costs (what the summary prints as predicted)."""
     ideal: TimedResult
 
     @property
@@ -259,20 +338,21 @@ class Comparison:
         rows = [("", "measured", "predicted", "ideal")]
         if outside is not None and self.measured_step_s is not None:
             rows.append(("step time", f"{self.measured_step_s * ms:.1f} ms",
-                         f"{(self.predicted.step_time_s + outside) * ms:.1f} ms",
+                         f"{(self.spread.pipeline_s + outside) * ms:.1f} ms",
                          f"{(self.ideal.step_time_s + outside) * ms:.1f} ms"))
-        rows.append(("pipeline", f"{self.measured_pipeline_s * ms:.1f} ms", f"{self.predicted.step_time_s * ms:.1f} ms",
+        rows.append(("pipeline", f"{self.measured_pipeline_s * ms:.1f} ms", f"{self.spread.pipeline_s * ms:.1f} ms",
                      f"{self.ideal.step_time_s * ms:.1f} ms"))
         for rank in self.plan.schedule:
             rows.append((f"idle rank {rank} {self.plan.stages.get(rank, '')}".rstrip(),
                          f"{100 * self.measured_idle_fraction(rank):.1f} %",
-                         f"{100 * self.predicted.idle_fraction(rank):.1f} %",
+                         f"{100 * self.spread.idle_fraction[rank]:.1f} %",
                          f"{100 * self.ideal.idle_fraction(rank):.1f} %"))
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         lines += ["  " + "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in
                                    enumerate(zip(row, widths))).rstrip() for row in rows]
-        lines.append("  predicted: the schedule replayed with the measured mean costs (compute, sends, transfers); "
-                     "ideal: the same with free communication" + ("; step time adds the "
+        lines.append(f"  predicted: medians of {REPLAYS} replays of the schedule, each action's cost (compute, send, "
+                     "transfer) drawn from its stage's measured ones; ideal: mean compute, free communication"
+                     + ("; step time adds the "
                      f"{outside * ms:.1f} ms measured outside the pipeline" if outside is not None else ""))
         lines.append("  measured compute / communication per rank and step (medians): " + ", ".join(
             f"{rank}: {statistics.median(m.busy_s[rank] for m in self.measured) * ms:.1f} / "
@@ -291,7 +371,8 @@ def compare(trace: Mapping[str, Any]) -> Comparison | None:
         return None
     sends_of, phases = plan.sends_of(), phase_spans(trace)
     measured = [_measure(step, by_step[step], plan, sends_of, phases) for step in steps]
-    costs = measured_costs(trace, plan, steps)
+    samples = measured_samples(trace, plan, steps)
+    costs = samples.means()
     replay = (plan.schedule, plan.layouts, plan.topology, plan.micro_batch_size)
     return Comparison(
         steps=steps,
@@ -299,5 +380,6 @@ def compare(trace: Mapping[str, Any]) -> Comparison | None:
         clock=trace["mimo"].get("clock", ""),
         measured=measured,
         predicted=simulate_timed(*replay, costs),
+        spread=predict_with_spread(plan, samples),
         ideal=simulate_timed(*replay, costs.compute_only()),
     )

@@ -12,7 +12,17 @@ from mimo.parallel.topology import default_topology
 from mimo.pipeline.actions import ActionKind, format_actions
 from mimo.pipeline.schedules import build_train_schedule
 from mimo.pipeline.timed import Costs, Hop, StageCost, TimedResult, simulate_timed
-from mimo.tracing.analysis import action_spans, compare, measure_step, measured_costs, plan_of, traced_steps
+from mimo.tracing.analysis import (
+    CostSamples,
+    action_spans,
+    compare,
+    measure_step,
+    measured_costs,
+    measured_samples,
+    plan_of,
+    predict_with_spread,
+    traced_steps,
+)
 from mimo.tracing.files import load_trace, merge_parts, part_path, trace_path, write_json
 from mimo.tracing.plot import draw_timeline
 from mimo.tracing.recorder import PART_FORMAT, Lane
@@ -129,3 +139,24 @@ def test_timeline_merges_parts_and_draws_a_png(tmp_path, modelled: TimedResult) 
 def test_no_trace_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(ValueError, match="train.trace=true"):
         load_trace(tmp_path)
+
+
+def test_replays_with_drawn_costs_equal_the_model_when_costs_do_not_vary_and_grow_when_they_do(
+    modelled: TimedResult,
+) -> None:
+    trace = merge_parts(_parts(modelled, [2, 3, 4]))
+    plan = plan_of(trace)
+    samples = measured_samples(trace, plan)
+    steady = predict_with_spread(plan, samples, replays=5)
+    assert steady.pipeline_s == pytest.approx(modelled.step_time_s, abs=1e-7)
+    for rank in _schedule():
+        assert steady.idle_fraction[rank] == pytest.approx(modelled.idle_fraction(rank), abs=1e-5)
+    # Same mean language.0 forward, but a third of them 3x as long: the pipeline waits on the slow ones.
+    key = (("language", 0), ActionKind.F)
+    typical = samples.stages[key][0]
+    spread = {**samples.stages, key: [typical * 0.5, typical * 0.5, typical * 2.0]}
+    noisy = CostSamples(spread, samples.transfers)
+    assert noisy.means().stages[("language", 0)].forward_s == pytest.approx(typical)
+    mean_replay = simulate_timed(plan.schedule, plan.layouts, plan.topology, plan.micro_batch_size, noisy.means())
+    assert predict_with_spread(plan, noisy).pipeline_s > mean_replay.step_time_s
+    assert predict_with_spread(plan, noisy) == predict_with_spread(plan, noisy)  # seeded: reproducible

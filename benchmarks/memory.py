@@ -10,7 +10,8 @@ Each layout runs as its own torchrun world (gloo, CPU) training two AdamW steps 
 - parameters, gradients, optimizer state: the bytes of the tensors this rank holds (a sharded tensor's local
   shard), after the second step;
 - activations: the peak, during the second step, of the bytes autograd keeps for the backward (tensors saved by
-  the forward, counted once per storage, parameters excluded), measured with ``saved_tensors_hooks``.
+  the forward, counted once per storage, weights excluded: also the whole weights FSDP gathers for a layer's
+  forward, which it frees and gathers again for the backward), measured with ``saved_tensors_hooks``.
 
 The table prints the largest value over the ranks holding the language model next to the theory: the module's
 parameter count P times 4 bytes for the weights and the gradients and 8 for AdamW's two moments, divided by the
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -77,14 +78,16 @@ def _bytes(tensors: Any) -> int:
 class SavedBytes:
     """Live bytes autograd keeps for the backward, one count per storage, and their peak."""
 
-    def __init__(self, excluded: set[int]) -> None:
-        self.excluded, self.live, self.peak = excluded, 0, 0
+    def __init__(self, parameters: Callable[[], Iterable[Any]]) -> None:
+        self.parameters, self.live, self.peak = parameters, 0, 0
         self._refs: dict[int, int] = {}
 
     def pack(self, tensor: Any) -> Any:
         storage = tensor.untyped_storage()
         key = storage.data_ptr()
-        if key in self.excluded or tensor.device.type == "meta":
+        # Asked at every pack: FSDP registers the gathered (unsharded) weights on the module during its forward,
+        # and those are weights, not activations.
+        if tensor.device.type == "meta" or key in {_local(p).untyped_storage().data_ptr() for p in self.parameters()}:
             return tensor
         if key not in self._refs:
             self.live += storage.nbytes()
@@ -138,8 +141,7 @@ def worker(raw: dict[str, Any], out: Path) -> None:
         trainer = Trainer(cfg, ctx, plan)
         trainer.train_step()  # optimizer state exists after the first step
         model = trainer.engine.model
-        parameters = list(model.parameters())
-        saved = SavedBytes({_local(p).untyped_storage().data_ptr() for p in parameters})
+        saved = SavedBytes(model.parameters)
         with counting(saved):
             trainer.train_step()
         language = _language_parameters(trainer.engine)

@@ -225,13 +225,17 @@ class CheckpointConfig:
 
 @dataclass(kw_only=True)
 class ModuleLayoutConfig:
-    """Where one module runs: ``dp`` replicas of ``pp`` pipeline stages on ranks from ``rank_offset``."""
+    """Where one module runs: ``dp`` replicas of ``pp`` pipeline stages on ranks from ``rank_offset``, each
+    replica sharded over ``dp_shard`` ranks (FSDP2); the module spans ``pp * dp * dp_shard`` ranks."""
 
     dp: int = 1
     pp: int = 1
     tp: int = 1
     """Tensor parallelism is not supported yet; must stay 1."""
     rank_offset: int = 0
+    dp_shard: int = 1
+    """Shard parameters, gradients and optimizer state over this many ranks per replica (FSDP2, each layer a
+    unit); the data-parallel size is ``dp * dp_shard``, HSDP when both exceed 1."""
     layers_per_stage: list[int] | None = None
     """Transformer layers per pipeline stage; None spreads them evenly (earlier stages take the extra)."""
 
@@ -264,6 +268,10 @@ class MimoConfig:
             raise ValueError(
                 f"layout must name every module {modules} or none; unknown: {unknown}, missing: {missing}"
             )
+        for name, entry in self.layout.items():
+            shard = entry.dp_shard
+            if not isinstance(shard, int) or isinstance(shard, bool) or shard <= 0:
+                raise ValueError(f"layout.{name}.dp_shard must be a positive integer, got {shard!r}")
         for key in self.optim.modules:
             if key not in modules:
                 raise ValueError(f"optim.modules.{key}: unknown module {key!r}; modules are {modules}")

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from mimo.checkpoint.errors import format_problems
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 if TYPE_CHECKING:
     from mimo.training.trainer import Trainer
@@ -55,7 +56,10 @@ def gather_consolidated(trainer: Trainer) -> dict[str, Tensor] | None:
     """The whole model's weights on rank 0, gathered from every rank's part (None on the other ranks)."""
     role = trainer.engine.role
     is_first_replica = all(role.dp_rank[module] == 0 for module in trainer.engine.modules)
-    local = {name: t.detach().cpu() for name, t in trainer.model.state_dict().items()} if is_first_replica else {}
+    # Every rank of a sharded stage takes part in gathering its full tensors (collective, state_dict order);
+    # data-parallel rank 0 keeps them.
+    whole = {name: _full(t) for name, t in trainer.model.state_dict().items()}
+    local = whole if is_first_replica else {}
     if not dist.is_initialized():
         return local
     gathered: list[dict[str, Tensor]] | None = [{} for _ in range(dist.get_world_size())] if dist.get_rank() == 0 else None
@@ -69,6 +73,13 @@ def gather_consolidated(trainer: Trainer) -> dict[str, Tensor] | None:
             raise RuntimeError(f"two ranks export the same tensors {duplicated[:5]}: the layout overlaps")
         merged.update(part)
     return merged
+
+
+def _full(tensor: Tensor) -> Tensor:
+    """The whole tensor on the CPU: a DTensor (sharded by FSDP2) is gathered over its mesh first."""
+    if isinstance(tensor, DTensor):
+        tensor = tensor.full_tensor()
+    return tensor.detach().cpu()
 
 
 def load_consolidated(model: nn.Module, path: str | Path) -> None:

@@ -16,6 +16,7 @@ from mimo.export import export_consolidated
 from mimo.training.run_plan import plan_run
 from mimo.training.trainer import Trainer
 from tests.distributed.launcher import run_ranks
+from tests.parity.reference import reference_training, settle_key_biases
 
 
 def _train_rank(rank: int, world_size: int, raw_config: dict[str, Any], steps: int, out: str) -> list[float]:
@@ -70,3 +71,19 @@ def assert_same_training(
             continue
         error = relative_error(weights[name] - initial[name], ref_update)
         assert error <= update_rtol, f"{name}: updates differ by {error:.2e} (relative)"
+
+
+def assert_adamw_run_matches(raw: dict[str, Any], steps: int, *, world_size: int, tmp_path: Path,
+                             initial: dict[str, torch.Tensor], max_lr: float) -> None:
+    """Train ``raw`` over ``world_size`` ranks and in one process with AdamW: every rank's loss equal, each step's
+    loss within 1e-5 of the reference, every weight within 1e-4 once the key biases (whose gradient is rounding
+    noise that AdamW normalises into full steps) are set back where the gradient does not move them."""
+    ref = reference_training(raw, steps)
+    losses, weights = distributed_run(raw, steps, world_size=world_size, tmp_path=tmp_path)
+    assert all(rank_losses == losses[0] for rank_losses in losses), f"ranks disagree on the loss: {losses}"
+    for step, (got, want) in enumerate(zip(losses[0], ref.losses), start=1):
+        assert abs(got - want) <= 1e-5 * abs(want), f"step {step}: loss {got} vs reference {want}"
+    max_move = 0.05 * max_lr * steps  # a real gradient moves a weight by ~lr per step; noise by ~lr / 100
+    weights = settle_key_biases(weights, initial, max_move=max_move, who="mimo")
+    ref_weights = settle_key_biases(ref.weights, initial, max_move=max_move, who="reference")
+    assert_same_training(losses[0], weights, ref.losses, ref_weights, initial=initial, rtol=1e-4)

@@ -14,8 +14,8 @@ import pytest
 from mimo.config import config_from_dict
 from mimo.data import MicrobatchLoader, SyntheticMimoDataset
 from mimo.model import MimoModel
-from tests.parity.harness import assert_same_training, distributed_run
-from tests.parity.reference import reference_run, reference_training, settle_key_biases
+from tests.parity.harness import assert_adamw_run_matches, assert_same_training, distributed_run
+from tests.parity.reference import reference_run, reference_training
 
 pytestmark = pytest.mark.distributed
 
@@ -134,15 +134,7 @@ def test_clipping_fires_and_matches_reference(tmp_path):
 def test_adamw_with_warmup_matches_reference(tmp_path):
     """AdamW (per-module lr and betas, weight decay) and linear warmup: loss within 1e-5, weights within 1e-4."""
     world_size, raw = ADAMW
-    ref = reference_training(raw, STEPS)
-    losses, weights = distributed_run(raw, STEPS, world_size=world_size, tmp_path=tmp_path)
-    assert all(rank_losses == losses[0] for rank_losses in losses), f"ranks disagree on the loss: {losses}"
-    for step, (got, want) in enumerate(zip(losses[0], ref.losses), start=1):
-        assert abs(got - want) <= 1e-5 * abs(want), f"step {step}: loss {got} vs reference {want}"
-    initial = _initial(raw)
     optim = raw["optim"]
     max_lr = max(opt["lr"] for opt in [optim["default"], *optim["modules"].values()])
-    max_move = 0.05 * max_lr * STEPS  # a real gradient moves a weight by ~lr per step; noise by ~lr / 100
-    weights = settle_key_biases(weights, initial, max_move=max_move, who="mimo")
-    ref_weights = settle_key_biases(ref.weights, initial, max_move=max_move, who="reference")
-    assert_same_training(losses[0], weights, ref.losses, ref_weights, initial=initial, rtol=1e-4)
+    assert_adamw_run_matches(raw, STEPS, world_size=world_size, tmp_path=tmp_path, initial=_initial(raw),
+                             max_lr=max_lr)

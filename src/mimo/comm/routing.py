@@ -62,10 +62,11 @@ def plan_bridge(src: ModuleLayout, dst: ModuleLayout, micro_batch_size: int) -> 
     of each replica appears; the other tp ranks would get the payload by an intra-replica broadcast.
     """
     transfers = []
-    for i in range(src.dp):
-        owned = shard_samples(i, src.dp, micro_batch_size)
-        for j in range(dst.dp):
-            wanted = shard_samples(j, dst.dp, micro_batch_size)
+    # Data-parallel ranks are replicas times shard ranks (dp * dp_shard): each owns its own samples.
+    for i in range(src.dp_size):
+        owned = shard_samples(i, src.dp_size, micro_batch_size)
+        for j in range(dst.dp_size):
+            wanted = shard_samples(j, dst.dp_size, micro_batch_size)
             start, stop = max(owned.start, wanted.start), min(owned.stop, wanted.stop)
             if start >= stop:
                 continue
@@ -84,9 +85,10 @@ def plan_stage_edges(layout: ModuleLayout, stage: int, micro_batch_size: int) ->
     """Transfers from ``stage`` to ``stage + 1`` of one module: each replica passes its whole shard on."""
     if not 0 <= stage < layout.pp - 1:
         raise ValueError(f"stage {stage} has no next stage in {layout}")
-    whole = range(len(shard_samples(0, layout.dp, micro_batch_size)))
+    whole = range(len(shard_samples(0, layout.dp_size, micro_batch_size)))
     return [
-        Transfer(layout.rank_of(d, stage), layout.rank_of(d, stage + 1), whole, whole) for d in range(layout.dp)
+        Transfer(layout.rank_of(d, stage), layout.rank_of(d, stage + 1), whole, whole)
+        for d in range(layout.dp_size)
     ]
 
 

@@ -131,6 +131,11 @@ def _slices(model: nn.Module, module: str) -> list[nn.Module]:
     return list(modalities[module].encoders.values())
 
 
+def module_slices(model: nn.Module, module: str) -> list[nn.Module]:
+    """The family slices of ``module`` that ``model`` holds (where its transformer layers live)."""
+    return _slices(model, module)
+
+
 def apply_compute(model: nn.Module, settings: Mapping[str, ModuleCompute]) -> None:
     """Set each held module's precision (on ``model.precisions``, read by its forward) and checkpointing (on
     its slices). A family without ``checkpoint_every`` asked to checkpoint is a ``ValueError`` naming it."""

@@ -51,6 +51,9 @@ class MimoModel(nn.Module):
         self.placeholder_ids = config.placeholder_ids
         self.precisions: dict[str, str] = {}
         """Per module, ``fp32`` (the default) or ``bf16`` autocast around its forward (``compute.apply_compute``)."""
+        self.rows_always_in_graph: frozenset[str] = frozenset()
+        """Modalities whose outputs join the loss's graph even with zero rows (adding an exact 0): an encoder
+        sharded by FSDP2 must run its backward, and so its collectives, on every rank alike."""
 
     def _autocast(self, module: str) -> AbstractContextManager[Any]:
         return autocast(self.precisions.get(module, "fp32"), self)
@@ -91,7 +94,11 @@ class MimoModel(nn.Module):
         with self._autocast(LANGUAGE_MODULE):
             text = self.language.embed(input_ids, position_ids)
             rows = {name: output.embeddings for name, output in encoded.items()}
-            return splice_embeddings(text, input_ids, rows, self.placeholder_ids)
+            combined = splice_embeddings(text, input_ids, rows, self.placeholder_ids)
+            for name in self.rows_always_in_graph:
+                if name in rows and rows[name].shape[0] == 0:
+                    combined = combined + rows[name].sum().to(combined.dtype)
+            return combined
 
     def logits(
         self, *, input_ids: Tensor, position_ids: Tensor,

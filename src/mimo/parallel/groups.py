@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
+import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh
 
 from mimo.parallel.layout import ModuleLayout
 
@@ -61,7 +63,7 @@ def build_module_groups(
     tied = None
     if tied_module is not None and layouts[tied_module].pp > 1:
         layout = layouts[tied_module]
-        for dp_rank in range(layout.dp):
+        for dp_rank in range(layout.dp_size):
             for tp_rank in range(layout.tp):
                 ends = [layout.rank_of(dp_rank, 0, tp_rank), layout.rank_of(dp_rank, layout.pp - 1, tp_rank)]
                 group = dist.new_group(ends, timeout=timeout)
@@ -74,3 +76,45 @@ def build_module_groups(
         gradients=dist.new_group(world, timeout=timeout),
         tied=tied,
     )
+
+
+def build_shard_meshes(
+    layouts: Mapping[str, ModuleLayout], rank: int, *, device_type: str, timeout: timedelta
+) -> dict[str, DeviceMesh]:
+    """The FSDP2 mesh of each module stage with ``dp_shard > 1`` that this rank holds (collective, fixed order).
+
+    A module need not cover the world, so the mesh is built from groups made here over its stage's ranks
+    (``DeviceMesh.from_group``) rather than by ``init_device_mesh``. The mesh is ``(dp_shard,)`` for one replica
+    and ``(dp, dp_shard)`` for HSDP: rows are replicas, each row the contiguous shard ranks of one replica (see
+    ``ModuleLayout``). Every rank creates every group in the same order (modules, stages, shard rows, then
+    replica columns) because ``new_group`` is collective.
+    """
+    meshes: dict[str, DeviceMesh] = {}
+    if not dist.is_initialized():
+        return meshes
+    for module, layout in layouts.items():
+        if layout.dp_shard == 1:
+            continue
+        for stage in range(layout.pp):
+            grid = [[layout.rank_of(replica * layout.dp_shard + shard, stage) for shard in range(layout.dp_shard)]
+                    for replica in range(layout.dp)]
+            mine = [row for row in grid if rank in row]
+            shard_group = replica_group = None
+            for row in grid:
+                group = dist.new_group(row, timeout=timeout)
+                if rank in row:
+                    shard_group = group
+            if layout.dp > 1:
+                for column in zip(*grid):
+                    group = dist.new_group(list(column), timeout=timeout)
+                    if rank in column:
+                        replica_group = group
+            if not mine:
+                continue
+            if replica_group is None:
+                meshes[module] = DeviceMesh.from_group(shard_group, device_type, mesh=mine[0],
+                                                       mesh_dim_names=("dp_shard",))
+            else:
+                meshes[module] = DeviceMesh.from_group([replica_group, shard_group], device_type,
+                                                       mesh=torch.tensor(grid), mesh_dim_names=("dp", "dp_shard"))
+    return meshes

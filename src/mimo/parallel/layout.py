@@ -1,12 +1,16 @@
 """Per-module parallel layouts: rank arithmetic, whole-world validation and the role of one rank.
 
-Pure: nothing here creates a process group. Rank order inside one module's span is tp fastest, then dp,
-then pp, so the ranks of one pipeline stage are contiguous::
+Pure: nothing here creates a process group. A module's data-parallel size is ``dp * dp_shard`` (``dp``
+replicas, each sharded over ``dp_shard`` ranks by FSDP2); its data-parallel rank combines both,
+``dp_rank = replica * dp_shard + shard``, and every data-parallel rank reads its own samples. Rank order inside one
+module's span is tp fastest, then dp_shard, then dp replica, then pp, so the ranks of one pipeline stage are
+contiguous and the shard ranks of one replica are the mesh's contiguous inner dimension::
 
-    rank = rank_offset + (stage * dp + dp_rank) * tp + tp_rank
+    rank = rank_offset + ((stage * dp + replica) * dp_shard + shard) * tp + tp_rank
 
 Example: ``ModuleLayout(dp=2, pp=2, rank_offset=4)`` spans ranks 4..7; stage 0 is ``[4, 5]`` (replicas 0, 1)
-and stage 1 is ``[6, 7]``.
+and stage 1 is ``[6, 7]``. ``ModuleLayout(dp=2, dp_shard=2)`` spans 0..3: replica 0 is ``[0, 1]`` (its two
+shards), replica 1 is ``[2, 3]``.
 """
 
 from __future__ import annotations
@@ -45,9 +49,11 @@ class ModuleLayout:
     pp: int = 1
     tp: int = 1
     rank_offset: int = 0
+    dp_shard: int = 1
+    """Ranks each replica's parameters, gradients and optimizer state are sharded over (FSDP2)."""
 
     def __post_init__(self) -> None:
-        for name in ("dp", "pp", "tp"):
+        for name in ("dp", "pp", "tp", "dp_shard"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"ModuleLayout.{name} must be a positive integer, got {value!r} in {self}")
@@ -56,8 +62,19 @@ class ModuleLayout:
             raise ValueError(f"ModuleLayout.rank_offset must be a non-negative integer, got {offset!r} in {self}")
 
     @property
+    def dp_size(self) -> int:
+        """The data-parallel size: replicas times shard ranks (each reads its own samples)."""
+        return self.dp * self.dp_shard
+
+    @property
     def size(self) -> int:
-        return self.dp * self.pp * self.tp
+        return self.dp_size * self.pp * self.tp
+
+    def replica_and_shard(self, dp_rank: int) -> tuple[int, int]:
+        """``(replica, shard)`` of a combined data-parallel rank."""
+        if not 0 <= dp_rank < self.dp_size:
+            raise ValueError(f"dp_rank {dp_rank} is outside [0, {self.dp_size}) of {self}")
+        return divmod(dp_rank, self.dp_shard)
 
     @property
     def ranks(self) -> range:
@@ -71,28 +88,28 @@ class ModuleLayout:
         return rank in self.ranks
 
     def coords(self, rank: int) -> tuple[int, int, int]:
-        """``(dp_rank, stage, tp_rank)`` of a global rank inside this span."""
+        """``(dp_rank, stage, tp_rank)`` of a global rank inside this span (``dp_rank`` combines replica and shard)."""
         if rank not in self.ranks:
             raise ValueError(f"rank {rank} is outside the span {self.span_text()} of {self}")
         local = rank - self.rank_offset
         replica_major, tp_rank = divmod(local, self.tp)
-        stage, dp_rank = divmod(replica_major, self.dp)
+        stage, dp_rank = divmod(replica_major, self.dp_size)
         return dp_rank, stage, tp_rank
 
     def rank_of(self, dp_rank: int, stage: int, tp_rank: int = 0) -> int:
-        """The global rank holding ``(dp_rank, stage, tp_rank)``."""
-        if not (0 <= dp_rank < self.dp and 0 <= stage < self.pp and 0 <= tp_rank < self.tp):
+        """The global rank holding ``(dp_rank, stage, tp_rank)`` (``dp_rank`` in ``[0, dp * dp_shard)``)."""
+        if not (0 <= dp_rank < self.dp_size and 0 <= stage < self.pp and 0 <= tp_rank < self.tp):
             raise ValueError(
                 f"coordinates dp_rank={dp_rank}, stage={stage}, tp_rank={tp_rank} are outside {self}"
             )
-        return self.rank_offset + (stage * self.dp + dp_rank) * self.tp + tp_rank
+        return self.rank_offset + (stage * self.dp_size + dp_rank) * self.tp + tp_rank
 
     def stage_of(self, rank: int) -> int:
         return self.coords(rank)[1]
 
     def stage_ranks(self, stage: int) -> list[int]:
         """Every rank of one pipeline stage, replica-major (tp fastest)."""
-        return [self.rank_of(d, stage, t) for d in range(self.dp) for t in range(self.tp)]
+        return [self.rank_of(d, stage, t) for d in range(self.dp_size) for t in range(self.tp)]
 
     def replica_ranks(self, dp_rank: int) -> list[int]:
         """Every rank of one data-parallel replica, stage-major (tp fastest)."""
@@ -149,7 +166,8 @@ def _check_colocated(layouts: Mapping[str, ModuleLayout], world_size: int) -> No
         raise ValueError(
             f"colocated modules (all on the same ranks) must have pp == 1, got pp {pipelined}"
         )
-    # Equal spans with pp == 1 and tp == 1 already mean equal dp, so there is no separate dp check.
+    # Equal spans with pp == 1 and tp == 1 already mean equal dp * dp_shard (the data-parallel size the data is
+    # cut by), so there is no separate dp check; dp and dp_shard may differ per module.
     layout = next(iter(layouts.values()))
     if layout.ranks != range(world_size):
         raise ValueError(
@@ -179,16 +197,23 @@ def _check_tiling(layouts: Mapping[str, ModuleLayout], world_size: int) -> None:
 
 
 def _check_dp_sizes(layouts: Mapping[str, ModuleLayout], micro_batch_size: int) -> None:
+    # The data-parallel size that cuts the microbatch is dp * dp_shard (every shard rank reads its own samples).
     for (name_a, a), (name_b, b) in combinations(layouts.items(), 2):
-        if max(a.dp, b.dp) % min(a.dp, b.dp):
+        if max(a.dp_size, b.dp_size) % min(a.dp_size, b.dp_size):
             raise ValueError(
-                f"dp sizes must divide one another: {name_a!r} has dp {a.dp}, {name_b!r} has dp {b.dp}"
+                f"dp sizes must divide one another: {name_a!r} has {_dp_text(a)}, {name_b!r} has {_dp_text(b)}"
             )
     for name, layout in layouts.items():
-        if micro_batch_size % layout.dp:
+        if micro_batch_size % layout.dp_size:
             raise ValueError(
-                f"micro_batch_size {micro_batch_size} is not divisible by dp {layout.dp} of module {name!r}"
+                f"micro_batch_size {micro_batch_size} is not divisible by {_dp_text(layout)} of module {name!r}"
             )
+
+
+def _dp_text(layout: ModuleLayout) -> str:
+    if layout.dp_shard == 1:
+        return f"dp {layout.dp}"
+    return f"dp * dp_shard = {layout.dp} * {layout.dp_shard} = {layout.dp_size}"
 
 
 @dataclass(frozen=True)
@@ -199,6 +224,7 @@ class RankRole:
     stages: dict[str, int]
     """Module -> stage index held by this rank (every module at stage 0 when colocated)."""
     dp_rank: dict[str, int]
+    """Module -> combined data-parallel rank (``replica * dp_shard + shard``): which samples this rank reads."""
     num_stages: dict[str, int]
     """Module -> pp of that module, for the modules on this rank."""
 

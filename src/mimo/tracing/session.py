@@ -35,7 +35,8 @@ class RunTrace:
         self.recorder = TraceRecorder(rank, cfg.train.trace_window, synchronize=synchronize,
                                       phases=_FUSED_PHASES if plan.is_fused else _PHASES)
         self.plan = {
-            "layouts": {name: {"dp": l.dp, "pp": l.pp, "tp": l.tp, "rank_offset": l.rank_offset}
+            "layouts": {name: {"dp": l.dp, "pp": l.pp, "tp": l.tp, "rank_offset": l.rank_offset,
+                                  "dp_shard": l.dp_shard}
                         for name, l in plan.layouts.items()},
             "topology": {module: list(plan.topology.successors(module)) for module in plan.topology.modules},
             "micro_batch_size": cfg.train.micro_batch_size,

@@ -10,12 +10,13 @@ Both run ``forward_step`` for every microbatch and return this rank's ``StageLos
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
 
 from mimo.comm.multimodule import MultiModulePipelineCommunicator
 from mimo.comm.routing import RoutingPlan
@@ -30,6 +31,7 @@ from mimo.pipeline.actions import Action
 from mimo.pipeline.schedules import build_train_schedule
 from mimo.pipeline.runner import StageLosses, StageRunner
 from mimo.training.run_plan import RunPlan, layer_ranges
+from mimo.training.sharding import shard_fused_model, shard_stage
 
 ForwardStep = Callable[[Iterable[Any] | None, Any], tuple[Any, Any]]
 ActionTracer = Callable[[Action], AbstractContextManager[Any]]
@@ -44,15 +46,19 @@ class FusedEngine:
         self.modules = list(cfg.model.module_names)
         apply_compute(self.model, {module: cfg.train.compute_for(module) for module in self.modules})
         self.role = role_of(rank, plan.layouts)
-        self._dp_size = plan.layouts[LANGUAGE_MODULE].dp
+        self._dp_size = plan.layouts[LANGUAGE_MODULE].dp_size
         self.num_microbatches = cfg.train.num_microbatches
         self._forward_step, self._timers = forward_step, timers
 
     def use_groups(self, groups: ModuleGroups) -> None:
         """Nothing to attach: the whole model is local, only gradient all-reduces use groups."""
 
+    def shard(self, meshes: Mapping[str, DeviceMesh]) -> None:
+        """FSDP2 over the modules with ``dp_shard > 1`` (a mesh each); call before collecting parameters."""
+        shard_fused_model(self.model, meshes)
+
     def loader_options(self) -> dict[str, Any] | None:
-        """Every field of this rank's data-parallel shard (all modules share one dp here)."""
+        """Every field of this rank's data-parallel shard (all modules share one data-parallel size here)."""
         return {"dp_rank": self.role.dp_rank[LANGUAGE_MODULE], "dp_size": self._dp_size, "modalities": None,
                 "include_text": True}
 
@@ -86,7 +92,7 @@ class PipelineEngine:
         (self.module,) = self.role.modules
         stage, num_stages = self.role.stages[self.module], plan.layouts[self.module].pp
         self.modules = [self.module]
-        self._dp_size = plan.layouts[self.module].dp
+        self._dp_size = plan.layouts[self.module].dp_size
         self.model = _build_stage(cfg, self.module, stage, num_stages).to(device)
         apply_compute(self.model, {self.module: cfg.train.compute_for(self.module)})
         routing = RoutingPlan(plan.layouts, plan.topology, cfg.train.micro_batch_size)
@@ -114,6 +120,11 @@ class PipelineEngine:
         for communicator in (self.communicator, self.eval_runner.communicator):
             communicator.activation_group = groups.activations
             communicator.gradient_group = groups.gradients
+
+    def shard(self, meshes: Mapping[str, DeviceMesh]) -> None:
+        """FSDP2 over this stage when its module has ``dp_shard > 1``; call before collecting parameters."""
+        if self.module in meshes:
+            shard_stage(self.model, self.module, meshes[self.module])
 
     def loader_options(self) -> dict[str, Any] | None:
         """What this stage reads: tokens and labels for language stages, one modality's inputs for an encoder."""

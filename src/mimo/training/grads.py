@@ -3,6 +3,10 @@
 Backward runs on the *sum* of per-token losses, so after the data-parallel SUM every gradient is the gradient of
 the global loss sum; dividing by the number of loss tokens in the whole global batch gives the gradient of the
 global per-token mean, whatever the microbatching or the layout.
+
+Gradients of parameters sharded by FSDP2 (``dp_shard``) are DTensors already summed over the module's
+data-parallel ranks by FSDP; every function here works on each gradient's local tensor (the whole gradient when it
+is a plain tensor, this rank's shard otherwise), so plain and sharded gradients mix in one fused kernel.
 """
 
 from __future__ import annotations
@@ -11,7 +15,14 @@ from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
+
+
+def local_grad(parameter: nn.Parameter) -> Tensor:
+    """The part of ``parameter``'s gradient this rank holds (a view: in-place changes reach the gradient)."""
+    grad = parameter.grad
+    return grad._local_tensor if isinstance(grad, DTensor) else grad
 
 
 def materialize_grads(params: Sequence[nn.Parameter]) -> None:
@@ -29,7 +40,7 @@ def all_reduce_grads(params: Sequence[nn.Parameter], group: dist.ProcessGroup | 
     """Sum the gradients over ``group`` (one flat buffer, one collective); a no-op without a group."""
     if group is None or dist.get_world_size(group) == 1 or not params:
         return
-    grads = [p.grad for p in params]
+    grads = [local_grad(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
     offset = 0
@@ -41,7 +52,7 @@ def all_reduce_grads(params: Sequence[nn.Parameter], group: dist.ProcessGroup | 
 def scale_grads(params: Sequence[nn.Parameter], factor: float) -> None:
     """Multiply every gradient by ``factor`` (one fused ``_foreach`` kernel per device and dtype)."""
     if params:
-        torch._foreach_mul_([parameter.grad for parameter in params], factor)
+        torch._foreach_mul_([local_grad(parameter) for parameter in params], factor)
 
 
 def squared_norm(params: Sequence[nn.Parameter], device: torch.device | None = None) -> torch.Tensor:
@@ -51,7 +62,7 @@ def squared_norm(params: Sequence[nn.Parameter], device: torch.device | None = N
     """
     if not params:
         return torch.zeros((), dtype=torch.float32, device=device)
-    norms = torch._foreach_norm([parameter.grad.detach() for parameter in params])
+    norms = torch._foreach_norm([local_grad(parameter).detach() for parameter in params])
     return torch.stack(norms).float().pow(2).sum()
 
 

@@ -43,7 +43,8 @@ def plan_run(cfg: MimoConfig, world_size: int) -> RunPlan:
     modules = cfg.model.module_names
     if cfg.layout:
         layouts = {
-            name: ModuleLayout(dp=entry.dp, pp=entry.pp, tp=entry.tp, rank_offset=entry.rank_offset)
+            name: ModuleLayout(dp=entry.dp, pp=entry.pp, tp=entry.tp, rank_offset=entry.rank_offset,
+                               dp_shard=entry.dp_shard)
             for name, entry in cfg.layout.items()
         }
     else:

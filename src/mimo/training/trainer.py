@@ -32,7 +32,7 @@ from mimo.errors import CommunicationError, NonFiniteError, TrainingError
 from mimo.export import load_consolidated
 from mimo.model.configs import LANGUAGE_MODULE
 from mimo.model.tied import tied_copies
-from mimo.parallel.groups import build_module_groups
+from mimo.parallel.groups import build_module_groups, build_shard_meshes
 from mimo.training.data_setup import build_run_data
 from mimo.pipeline.runner import StageLosses
 from mimo.training import grads
@@ -47,6 +47,7 @@ from mimo.training.mimo_step import forward_step, prepare_forward_step_func
 from mimo.training.optim import ModuleOptimizers, apply_freezing, lr_factor, parameters_of, trainable_parameters
 from mimo.training.preemption import PreemptionHandler
 from mimo.training.run_plan import RunPlan
+from mimo.training.sharding import first_replica_holds, is_sharded
 from mimo.training.state import GlobalState
 from mimo.training.timers import Timers
 from mimo.tracing.session import RunTrace
@@ -126,6 +127,9 @@ class Trainer:
         self.state = GlobalState(cfg=cfg, timers=timers)
         self.preemption: PreemptionHandler | None = None
         self.stop_requested = False
+        # Collective (one group per shard row and replica column), so before any rank can fail alone below.
+        self.meshes = build_shard_meshes(plan.layouts, ctx.rank, device_type=ctx.device.type,
+                                         timeout=timedelta(seconds=cfg.train.collective_timeout_s))
         error = None
         try:  # Local set-up: a mistake only some ranks see (their stage's weights, their data) stops them all.
             self._build_local(init_from)
@@ -160,6 +164,8 @@ class Trainer:
         if init_from is not None:
             load_consolidated(self.model, init_from)
         apply_freezing(self.model, [name for name in cfg.optim.freeze if name.split(".")[0] in self.engine.modules])
+        # FSDP2 replaces parameters by sharded DTensors: after loading and freezing, before the optimizers.
+        self.engine.shard(self.meshes)
         self.params_by_module = trainable_parameters(self.model, self.engine.modules)
         self.params = [p for params in self.params_by_module.values() for p in params]
         copies = tied_copies(self.model)
@@ -271,11 +277,12 @@ class Trainer:
                 grads.all_reduce_grads(self.tied_params, self.groups.tied)
         for module, params in self.params_by_module.items():
             ranks = self.plan.layouts[module].stage_ranks(self.engine.role.stages[module])
+            # Sharded parameters were summed by FSDP in the backward (reduce-scatter, and all-reduce for HSDP).
+            replicated = [p for p in params if not is_sharded(p)]
             with self._failure(f"module {module!r}: all-reduce of gradients over its data-parallel ranks {ranks}"):
-                grads.all_reduce_grads(params, self.groups.dp_group(module))
+                grads.all_reduce_grads(replicated, self.groups.dp_group(module))
         device = self.ctx.device
-        norms = [grads.squared_norm(self.norm_params_by_module.get(m, []), device) if self._counts_norm(m)
-                 else torch.zeros((), device=device) for m in self.all_modules]
+        norms = [grads.squared_norm(self._norm_params(m), device) for m in self.all_modules]
         num_microbatches, world = self.cfg.train.num_microbatches, self.ctx.world_size
         modules = self.all_modules
         # The host-side scalars as one list, one tensor: item-by-item tensor writes cost microseconds each.
@@ -304,6 +311,13 @@ class Trainer:
 
     def _counts_norm(self, module: str) -> bool:
         return self.engine.role.holds(module) and self.engine.role.dp_rank[module] == 0
+
+    def _norm_params(self, module: str) -> list[Any]:
+        """The parameters whose gradients this rank adds to ``module``'s squared norm: a whole (replicated)
+        gradient on replica 0 of its stage only, a shard on every shard rank of the mesh's replica 0."""
+        params = self.norm_params_by_module.get(module, [])
+        counts_whole = self._counts_norm(module)
+        return [p for p in params if (first_replica_holds(p) if is_sharded(p) else counts_whole)]
 
     def _nonfinite_problem(self, loss: float, module_norms: dict[str, float], bad_microbatch: int) -> str:
         step = self.state.train_state.step + 1

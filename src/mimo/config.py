@@ -260,6 +260,10 @@ class MimoConfig:
     def checkpoint_dir(self) -> str:
         return self.checkpoint.dir or str(Path(self.run_dir) / "checkpoints")
 
+    def _encoders_of(self, module: str) -> dict[str, Any]:
+        modality = self.model.modalities.get(module)
+        return dict(modality.encoders) if modality is not None else {}
+
     def __post_init__(self) -> None:
         modules = self.model.module_names
         if self.layout and set(self.layout) != set(modules):
@@ -272,6 +276,14 @@ class MimoConfig:
             shard = entry.dp_shard
             if not isinstance(shard, int) or isinstance(shard, bool) or shard <= 0:
                 raise ValueError(f"layout.{name}.dp_shard must be a positive integer, got {shard!r}")
+            hf_encoders = [encoder for encoder, spec in self._encoders_of(name).items() if hasattr(spec, "hf")]
+            if shard > 1 and hf_encoders:
+                # Their slices skip the layers for a microbatch with no items, so one shard rank would skip the
+                # layers' FSDP collectives that its peers run.
+                raise ValueError(
+                    f"layout.{name}.dp_shard={shard}: sharding Hugging Face encoders ({', '.join(hf_encoders)}) is "
+                    "not supported yet; shard the language model, or use dp for this module"
+                )
         for key in self.optim.modules:
             if key not in modules:
                 raise ValueError(f"optim.modules.{key}: unknown module {key!r}; modules are {modules}")

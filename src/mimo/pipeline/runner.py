@@ -59,22 +59,22 @@ class StageLosses:
     def add(self, microbatch: int, report: Tensor) -> None:
         self.reports[microbatch] = report.detach().float()
 
-    @property
-    def reported(self) -> Tensor:
-        """The summed ``[loss_sum, num_tokens]`` (zeros off the loss stage), summed in microbatch order."""
-        total = torch.zeros(2, dtype=torch.float32)
+    def total(self, device: torch.device) -> Tensor:
+        """The summed ``[loss_sum, num_tokens]`` on ``device`` (zeros off the loss stage), in microbatch order.
+
+        Made where the reports are (no host-to-device copy, which would wait for the device's queued work)."""
+        total = torch.zeros(2, dtype=torch.float32, device=device)
         for microbatch in sorted(self.reports):
-            total = total.to(self.reports[microbatch].device) + self.reports[microbatch]
+            total = total + self.reports[microbatch].to(device)
         return total
 
     def nonfinite(self, num_microbatches: int, device: torch.device) -> Tensor:
-        """float64 ``[num_microbatches]``: 1 where this rank's loss of that microbatch is not finite."""
-        flags = torch.zeros(num_microbatches, dtype=torch.float64, device=device)
-        if self.reports:
-            microbatches = sorted(self.reports)
-            finite = torch.stack([torch.isfinite(self.reports[m]).all() for m in microbatches]).to(device)
-            flags[torch.tensor(microbatches, device=device)] = (~finite).double()
-        return flags
+        """float64 ``[num_microbatches]`` on ``device``: 1 where this rank's loss of that microbatch is not finite."""
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        return torch.stack([
+            (~torch.isfinite(self.reports[m]).all()).to(device, torch.float64) if m in self.reports else zero
+            for m in range(num_microbatches)
+        ])
 
 
 @dataclass

@@ -22,7 +22,7 @@ from torch.distributed.tensor import DTensor
 def local_grad(parameter: nn.Parameter) -> Tensor:
     """The part of ``parameter``'s gradient this rank holds (a view: in-place changes reach the gradient)."""
     grad = parameter.grad
-    return grad._local_tensor if isinstance(grad, DTensor) else grad
+    return grad._local_tensor if isinstance(grad, DTensor) else grad  # the tensor itself: in-place ops reach it
 
 
 def materialize_grads(params: Sequence[nn.Parameter]) -> None:

@@ -292,10 +292,11 @@ class Trainer:
         module_tokens = [float(self._step_tokens.get(module, 0)) for module in modules]
         module_parameters = [float(self._local_parameters.get(module, 0)) for module in modules]
         self._step_tokens = dict.fromkeys(modules, 0)
+        # One host-to-device copy for the host-side scalars (each copy waits for the device's queued work).
+        host = torch.tensor(stop + waits + module_tokens + module_parameters, dtype=torch.float64).to(device)
         totals = torch.cat([
-            losses.reported.to(device).double(), torch.stack(norms).double(),
-            torch.tensor(stop, dtype=torch.float64, device=device), losses.nonfinite(num_microbatches, device),
-            torch.tensor(waits + module_tokens + module_parameters, dtype=torch.float64, device=device),
+            losses.total(device).double(), torch.stack(norms).double(), host[:1],
+            losses.nonfinite(num_microbatches, device), host[1:],
         ])
         if dist.is_initialized():
             with self._failure(f"all-reduce of the step's loss, token count and gradient norms over ranks "
@@ -409,7 +410,7 @@ class Trainer:
         with self.state.timers("validation"):
             for _ in range(batches):
                 microbatches = self.validation_loader.next_step() if self.validation_loader is not None else None
-                totals += self.engine.evaluate(microbatches).reported.to(self.ctx.device)
+                totals += self.engine.evaluate(microbatches).total(self.ctx.device)
             if dist.is_initialized():
                 with self._failure("all-reduce of the validation loss"):
                     dist.all_reduce(totals)

@@ -10,6 +10,7 @@ from mimo.comm.routing import plan_bridge, plan_stage_edges
 from mimo.config import config_from_dict
 from mimo.parallel.layout import ModuleLayout, role_of, validate_layouts
 from mimo.training.run_plan import plan_run
+from tests.hf_fixtures import tiny_hf_models  # noqa: F401
 
 L = ModuleLayout
 
@@ -84,3 +85,15 @@ def test_config_accepts_dp_shard_and_plans_its_span() -> None:
 def test_config_rejects_a_bad_dp_shard() -> None:
     with pytest.raises(ValueError, match=re.escape("layout.language.dp_shard must be a positive integer, got 0")):
         config_from_dict(_raw({"dp_shard": 0}))
+
+
+def test_sharding_a_hugging_face_encoder_is_refused_before_launch(tiny_hf_models) -> None:
+    """Its slices skip the layers for a microbatch without items, which would desynchronise FSDP's collectives."""
+    raw = {"model": {"language": {"hf": str(tiny_hf_models["language"])}, "modalities": {"images": {
+               "placeholder": "<image>", "encoders": {"siglip": {"hf": str(tiny_hf_models["siglip"])}}}}},
+           "layout": {"images": {"dp_shard": 2}, "language": {"rank_offset": 2}}}
+    with pytest.raises(ValueError, match=re.escape("layout.images.dp_shard=2: sharding Hugging Face encoders "
+                                                   "(siglip) is not supported yet")):
+        config_from_dict(raw)
+    raw["layout"] = {"images": {"dp": 2}, "language": {"dp_shard": 2}}  # the language model may be sharded
+    assert config_from_dict(raw).layout["language"].dp_shard == 2

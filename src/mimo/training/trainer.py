@@ -15,7 +15,7 @@ import math
 import time
 from datetime import timedelta
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 from pathlib import Path
@@ -214,7 +214,8 @@ class Trainer:
         waited_before = timers.totals().get("comm-wait", 0.0)
         self.optimizers.zero_grad()
         microbatches = self._counting(self.loader.next_step()) if self.loader is not None else None
-        losses = self.engine.run(microbatches)
+        with self._sharded_collectives("the step's forward and backward"):
+            losses = self.engine.run(microbatches)
         with timers("grad-reduce"):
             totals = self._reduce_step(losses, timers.totals().get("comm-wait", 0.0) - waited_before)
         loss_sum, num_tokens = totals.loss_sum, totals.num_tokens
@@ -334,6 +335,15 @@ class Trainer:
         self.state.train_state.skipped_steps += 1
         logger.warning("%s; update skipped on every rank (train.on_nonfinite=skip)", problem)
 
+    def _sharded_collectives(self, what: str) -> AbstractContextManager[None]:
+        """FSDP gathers weights and reduces gradients inside the forward and backward of a sharded module, so a
+        peer that dies there is reported like any other collective. Without sharding nothing is wrapped: a
+        RuntimeError in a forward is then a bug to show as it is, not a peer to blame."""
+        if not self.meshes:
+            return nullcontext()
+        modules = ", ".join(f"module {module!r}" for module in self.meshes)
+        return self._failure(f"{what} ({modules}: FSDP gathers and reduces over the shard ranks)")
+
     @contextmanager
     def _failure(self, what: str) -> Iterator[None]:
         """Turn a failed collective into a CommunicationError that says what this rank was doing."""
@@ -410,7 +420,8 @@ class Trainer:
         with self.state.timers("validation"):
             for _ in range(batches):
                 microbatches = self.validation_loader.next_step() if self.validation_loader is not None else None
-                totals += self.engine.evaluate(microbatches).total(self.ctx.device)
+                with self._sharded_collectives("the validation forward"):
+                    totals += self.engine.evaluate(microbatches).total(self.ctx.device)
             if dist.is_initialized():
                 with self._failure("all-reduce of the validation loss"):
                     dist.all_reduce(totals)

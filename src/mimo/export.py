@@ -57,9 +57,15 @@ def gather_consolidated(trainer: Trainer) -> dict[str, Tensor] | None:
     role = trainer.engine.role
     is_first_replica = all(role.dp_rank[module] == 0 for module in trainer.engine.modules)
     # Every rank of a sharded stage takes part in gathering its full tensors (collective, state_dict order);
-    # data-parallel rank 0 keeps them.
-    whole = {name: _full(t) for name, t in trainer.model.state_dict().items()}
-    local = whole if is_first_replica else {}
+    # data-parallel rank 0 keeps them, the other replicas copy nothing to the CPU.
+    state = trainer.model.state_dict()
+    local: dict[str, Tensor] = {}
+    if is_first_replica:
+        local = {name: _full(t) for name, t in state.items()}
+    else:
+        for tensor in state.values():
+            if isinstance(tensor, DTensor):
+                tensor.full_tensor()
     if not dist.is_initialized():
         return local
     gathered: list[dict[str, Tensor]] | None = [{} for _ in range(dist.get_world_size())] if dist.get_rank() == 0 else None

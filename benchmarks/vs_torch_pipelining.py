@@ -176,7 +176,7 @@ class MimoArm:
     def step(self) -> float:
         self.stage.zero_grad(set_to_none=True)
         losses = self.runner.run(self.actions, iter(self.microbatches))
-        return float(losses.reported[0]) / self.size.microbatches
+        return float(losses.total(torch.device("cpu"))[0]) / self.size.microbatches
 
     def grads(self) -> dict[str, Tensor]:
         return {k: p.grad for k, p in self.stage.part.named_parameters()}

@@ -226,12 +226,15 @@ class CheckpointConfig:
 @dataclass(kw_only=True)
 class ModuleLayoutConfig:
     """Where one module runs: ``dp`` replicas of ``pp`` pipeline stages on ranks from ``rank_offset``, each
-    replica sharded over ``dp_shard`` ranks (FSDP2); the module spans ``pp * dp * dp_shard`` ranks."""
+    replica sharded over ``dp_shard`` ranks (FSDP2) and each layer split over ``tp`` ranks; the module spans
+    ``pp * dp * dp_shard * tp`` ranks."""
 
     dp: int = 1
     pp: int = 1
     tp: int = 1
-    """Tensor parallelism is not supported yet; must stay 1."""
+    """Split each layer of the module over this many ranks (tensor parallelism: heads and MLP width, and the
+    language model's vocabulary); they read the same samples, so the module spans ``pp * dp * dp_shard * tp``
+    ranks."""
     rank_offset: int = 0
     dp_shard: int = 1
     """Shard parameters, gradients and optimizer state over this many ranks per replica (FSDP2, each layer a
@@ -264,6 +267,20 @@ class MimoConfig:
         modality = self.model.modalities.get(module)
         return dict(modality.encoders) if modality is not None else {}
 
+    def _check_tensor_parallel(self, module: str, tp: object) -> None:
+        """Before launch: ``tp`` must be a positive integer dividing what each of the module's parts splits."""
+        if not isinstance(tp, int) or isinstance(tp, bool) or tp <= 0:
+            raise ValueError(f"layout.{module}.tp must be a positive integer, got {tp!r}")
+        if tp == 1:
+            return
+        parts = {"language": self.model.language} if module == LANGUAGE_MODULE else self._encoders_of(module)
+        for part, spec in parts.items():
+            check = getattr(spec, "check_tensor_parallel", None)
+            if check is None:
+                raise ValueError(f"layout.{module}.tp={tp}: {type(spec).__name__} ({part}) does not support tensor "
+                                 "parallelism; use tp 1 for this module")
+            check(tp)
+
     def __post_init__(self) -> None:
         modules = self.model.module_names
         if self.layout and set(self.layout) != set(modules):
@@ -284,6 +301,7 @@ class MimoConfig:
                     f"layout.{name}.dp_shard={shard}: sharding Hugging Face encoders ({', '.join(hf_encoders)}) is "
                     "not supported yet; shard the language model, or use dp for this module"
                 )
+            self._check_tensor_parallel(name, entry.tp)
         for key in self.optim.modules:
             if key not in modules:
                 raise ValueError(f"optim.modules.{key}: unknown module {key!r}; modules are {modules}")

@@ -55,9 +55,9 @@ def export_consolidated(trainer: Trainer, path: str | Path) -> Path | None:
 def gather_consolidated(trainer: Trainer) -> dict[str, Tensor] | None:
     """The whole model's weights on rank 0, gathered from every rank's part (None on the other ranks)."""
     role = trainer.engine.role
-    is_first_replica = all(role.dp_rank[module] == 0 for module in trainer.engine.modules)
-    # Every rank of a sharded stage takes part in gathering its full tensors (collective, state_dict order);
-    # data-parallel rank 0 keeps them, the other replicas copy nothing to the CPU.
+    is_first_replica = all(role.dp_rank[module] == 0 and role.tp_rank[module] == 0 for module in trainer.engine.modules)
+    # Every rank of a sharded or tensor-parallel stage takes part in gathering its full tensors (collective,
+    # state_dict order); data- and tensor-parallel rank 0 keeps them, the other ranks copy nothing to the CPU.
     state = trainer.model.state_dict()
     local: dict[str, Tensor] = {}
     if is_first_replica:
@@ -82,7 +82,8 @@ def gather_consolidated(trainer: Trainer) -> dict[str, Tensor] | None:
 
 
 def _full(tensor: Tensor) -> Tensor:
-    """The whole tensor on the CPU: a DTensor (sharded by FSDP2) is gathered over its mesh first."""
+    """The whole tensor on the CPU: a DTensor (sharded by FSDP2, split by tensor parallelism) is gathered over its
+    mesh first."""
     if isinstance(tensor, DTensor):
         tensor = tensor.full_tensor()
     return tensor.detach().cpu()

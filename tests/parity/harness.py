@@ -84,6 +84,7 @@ def assert_adamw_run_matches(raw: dict[str, Any], steps: int, *, world_size: int
     for step, (got, want) in enumerate(zip(losses[0], ref.losses), start=1):
         assert abs(got - want) <= 1e-5 * abs(want), f"step {step}: loss {got} vs reference {want}"
     max_move = 0.05 * max_lr * steps  # a real gradient moves a weight by ~lr per step; noise by ~lr / 100
-    weights = settle_key_biases(weights, initial, max_move=max_move, who="mimo")
-    ref_weights = settle_key_biases(ref.weights, initial, max_move=max_move, who="reference")
+    cfg = config_from_dict(raw)
+    weights = settle_key_biases(weights, initial, max_move=max_move, who="mimo", cfg=cfg)
+    ref_weights = settle_key_biases(ref.weights, initial, max_move=max_move, who="reference", cfg=cfg)
     assert_same_training(losses[0], weights, ref.losses, ref_weights, initial=initial, rtol=1e-4)

@@ -146,29 +146,41 @@ def reference_training(raw_config: dict[str, Any], steps: int) -> ReferenceResul
     return ReferenceResult(losses, {name: t.detach().clone() for name, t in model.state_dict().items()}, norms)
 
 
-def key_bias_part(name: str, tensor: torch.Tensor) -> slice | None:
-    """The entries of ``name`` that are a key bias (the middle third of a fused ``qkv.bias``, a ``k_proj.bias``).
+def _head_dim(cfg: MimoConfig, name: str) -> int:
+    """Head size of the built-in block that owns parameter ``name`` (``language.`` or
+    ``modalities.<m>.encoders.<e>.``)."""
+    parts = name.split(".")
+    owner = cfg.model.language if parts[0] == "language" else cfg.model.modalities[parts[1]].encoders[parts[3]]
+    return owner.hidden_size // owner.num_heads
+
+
+def key_bias_part(name: str, tensor: torch.Tensor, cfg: MimoConfig | None = None) -> torch.Tensor | slice | None:
+    """The entries of ``name`` that are a key bias (the middle ``K`` of every head's ``q k v`` triple in a
+    head-major fused ``qkv.bias``, a whole ``k_proj.bias``).
 
     A bias shared by every key has a true gradient of exactly 0 (``softmax(q.(k + b)) = softmax(q.k)``): any two
     implementations get different rounding noise there (~1e-10), which AdamW scales up to ~lr/100 per step, and
     a separate ``k_proj.bias`` starting at 0 has no scale for a relative comparison.
     """
     if name.endswith(".qkv.bias"):
-        third = tensor.shape[0] // 3
-        return slice(third, 2 * third)
+        if cfg is None:
+            raise ValueError(f"{name}: the head size of a fused qkv bias comes from the run's config; pass cfg")
+        head_dim = _head_dim(cfg, name)
+        return torch.arange(tensor.shape[0]).view(-1, 3, head_dim)[:, 1].reshape(-1)
     if name.endswith(".self_attn.k_proj.bias"):
         return slice(None)
     return None
 
 
 def settle_key_biases(
-    weights: dict[str, torch.Tensor], initial: dict[str, torch.Tensor], *, max_move: float, who: str
+    weights: dict[str, torch.Tensor], initial: dict[str, torch.Tensor], *, max_move: float, who: str,
+    cfg: MimoConfig | None = None,
 ) -> dict[str, torch.Tensor]:
     """Check that no key bias moved by more than ``max_move`` (noise, not a gradient), then put them back to
     their initial values so that ``assert_same_training`` compares everything else."""
     settled = dict(weights)
     for name, tensor in weights.items():
-        part = key_bias_part(name, tensor)
+        part = key_bias_part(name, tensor, cfg)
         if part is None:
             continue
         moved = (tensor[part] - initial[name][part]).abs().max().item()

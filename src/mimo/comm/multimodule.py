@@ -75,6 +75,14 @@ class MultiModulePipelineCommunicator:
             raise ValueError(f"module {self.module!r} feeds several modules {successors}; only one is supported")
         self._in_peers = [route.transfer.src_rank for route in self.routes_in]
         self._out_peers = [route.transfer.dst_rank for route in self.routes_out]
+        leader, followers = self.routing.tensor_parallel_group(self.rank, self.module)
+        self._tp_leader = None if leader == self.rank else leader
+        """The rank this follower receives everything from; None on a leader (or without tensor parallelism)."""
+        self._tp_followers = followers if self._tp_leader is None else []
+        """The ranks this leader relays what it receives to."""
+        if self._tp_leader is not None:
+            # A follower's activations and gradients both come from its leader, and it sends nothing.
+            self._in_peers = self._out_peers = [self._tp_leader]
 
     # step ------------------------------------------------------------------------------------------------
     def begin_step(self, *, forward: Sequence[int], backward: Sequence[int]) -> None:
@@ -107,7 +115,9 @@ class MultiModulePipelineCommunicator:
     def recv_forward(self, *, microbatch: int) -> dict[str, Tensor]:
         """Inputs of this stage, keyed by source module (within a module: the previous stage's dict)."""
         received = self._receive(_ACTIVATIONS, self._in_peers, microbatch)
-        if not self.is_bridge_in:
+        if self._tp_leader is not None:
+            inputs = received[0]  # already assembled by the leader
+        elif not self.is_bridge_in:
             inputs = received[0]
         else:
             inputs = {}
@@ -118,6 +128,8 @@ class MultiModulePipelineCommunicator:
             self._in_rows[microbatch] = {
                 i: p[r.src_module].shape[0] for i, (r, p) in enumerate(zip(self.routes_in, received))
             }
+        for follower in self._tp_followers:
+            self._send(_ACTIVATIONS, follower, inputs, microbatch)
         for key, tensor in inputs.items():
             source = owner_of(key) if self.is_bridge_in else self.module
             if tensor.is_floating_point() and source in self.backward_modules and not is_metadata_key(key):
@@ -126,6 +138,8 @@ class MultiModulePipelineCommunicator:
 
     def send_forward(self, outputs: dict[str, Tensor], *, microbatch: int) -> None:
         """Send this stage's outputs to the next stage, or split them by samples over every outgoing bridge."""
+        if self._tp_leader is not None:
+            return  # the leader's outputs are the same: it sends for the group
         if not self.is_bridge_out:
             for peer in self._out_peers:  # packing copies the tensors' data, never their graph
                 self._send(_ACTIVATIONS, peer, outputs, microbatch)
@@ -143,8 +157,8 @@ class MultiModulePipelineCommunicator:
     def recv_backward(self, *, microbatch: int) -> dict[str, Tensor]:
         """Gradients of this stage's outputs, keyed like the outputs."""
         received = self._receive(_GRADIENTS, self._out_peers, microbatch)
-        if not self.is_bridge_out:
-            return received[0]
+        if self._tp_leader is not None or not self.is_bridge_out:
+            return self._relay_gradients(received[0], microbatch)
         expected = self._out_rows.pop(microbatch)
         for index, piece in enumerate(received):
             if piece[self.module].shape[0] != expected[index]:
@@ -153,10 +167,18 @@ class MultiModulePipelineCommunicator:
                     f"{self.routes_out[index].transfer.dst_rank} has {piece[self.module].shape[0]} rows, "
                     f"the forward sent {expected[index]}"
                 )
-        return {self.module: _cat([piece[self.module] for piece in received])}
+        return self._relay_gradients({self.module: _cat([piece[self.module] for piece in received])}, microbatch)
+
+    def _relay_gradients(self, grads: dict[str, Tensor], microbatch: int) -> dict[str, Tensor]:
+        """Pass the gradients this leader received on to its tensor-parallel followers; return them."""
+        for follower in self._tp_followers:
+            self._send(_GRADIENTS, follower, grads, microbatch)
+        return grads
 
     def send_backward(self, input_grads: dict[str, Tensor], *, microbatch: int) -> None:
         """Send input gradients back: to the previous stage, or split by the forward's rows to each source."""
+        if self._tp_leader is not None:
+            return  # the leader's input gradients are the same: it sends for the group
         if not self.is_bridge_in:
             if not input_grads:
                 # The previous stage's schedule waits for this gradient: skipping it would hang that rank.

@@ -58,8 +58,9 @@ def shard_samples(dp_rank: int, dp: int, micro_batch_size: int) -> range:
 def plan_bridge(src: ModuleLayout, dst: ModuleLayout, micro_batch_size: int) -> list[Transfer]:
     """Transfers from the last stage of ``src`` to the first stage of ``dst``, by (dst_rank, sample start).
 
-    Covers fan-in (src dp > dst dp), fan-out (src dp < dst dp) and equal dp. With tp > 1 only tp rank 0
-    of each replica appears; the other tp ranks would get the payload by an intra-replica broadcast.
+    Covers fan-in (src dp > dst dp), fan-out (src dp < dst dp) and equal dp. With tp > 1 only tensor-parallel
+    rank 0 of each replica appears on either side: the source's ranks all hold the same output, and the
+    destination's rank 0 relays what it received to the rest of its group (``tensor_parallel_group``).
     """
     transfers = []
     # Data-parallel ranks are replicas times shard ranks (dp * dp_shard): each owns its own samples.
@@ -169,6 +170,18 @@ class RoutingPlan:
             bridge = transfers_to(plan_bridge(src, layout, self.micro_batch_size), rank)
             routes += [Route(source, src.pp - 1, module, 0, t) for t in bridge]
         return routes
+
+    def tensor_parallel_group(self, rank: int, module: str) -> tuple[int, list[int]]:
+        """``(leader, followers)`` of the tensor-parallel group of ``rank`` in ``module``.
+
+        Every rank of the group holds the same activations and input gradients, so one transfer per group
+        crosses each hop: the leader (tensor-parallel rank 0) sends and receives for the group, and relays what
+        it receives to the followers, which send nothing.
+        """
+        layout = self.layouts[module]
+        dp_rank, stage, _ = layout.coords(rank)
+        group = [layout.rank_of(dp_rank, stage, tp_rank) for tp_rank in range(layout.tp)]
+        return group[0], group[1:]
 
     def _layout_at(self, rank: int, module: str, stage: int) -> ModuleLayout:
         layout = self.layouts[module]

@@ -40,6 +40,8 @@ __all__ = [
     "ModalityInputs",
     "Sample",
     "select_fields",
+    "text_keys",
+    "text_keys_for_stage",
     "validate_sample",
 ]
 
@@ -89,9 +91,16 @@ class Batch(TypedDict, total=False):
     modality_inputs: ModalityInputs
 
 
-def select_fields(data: Any, *, modalities: Collection[str] | None = None, include_text: bool = True) -> Any:
-    """A shallow copy of a sample or batch keeping only ``modalities`` (None = all) and, optionally, the text."""
-    selected = {key: value for key, value in data.items() if include_text or key not in TEXT_KEYS}
+def select_fields(
+    data: Any, *, modalities: Collection[str] | None = None, include_text: bool | Collection[str] = True
+) -> Any:
+    """A shallow copy of a sample or batch keeping only ``modalities`` (None = all) and the text fields asked for.
+
+    ``include_text``: True keeps every text field, False none, a collection of text keys exactly those (a pipeline
+    stage reads only the fields its forward uses, see ``text_keys_for_stage``).
+    """
+    text = text_keys(include_text)
+    selected = {key: value for key, value in data.items() if key not in TEXT_KEYS or key in text}
     if modalities is not None and MODALITY_INPUTS in selected:
         available = selected[MODALITY_INPUTS]
         missing = sorted(set(modalities) - set(available))
@@ -99,6 +108,29 @@ def select_fields(data: Any, *, modalities: Collection[str] | None = None, inclu
             raise ValueError(f"requested modalities {missing} are not in the data; it has {sorted(available)}")
         selected[MODALITY_INPUTS] = {name: inputs for name, inputs in available.items() if name in modalities}
     return selected
+
+
+def text_keys(include_text: bool | Collection[str]) -> tuple[str, ...]:
+    """The text fields ``include_text`` asks for, in ``TEXT_KEYS`` order; ValueError naming unknown ones."""
+    if isinstance(include_text, bool):
+        return TEXT_KEYS if include_text else ()
+    if isinstance(include_text, str):  # one key, not its characters
+        include_text = (include_text,)
+    unknown = sorted(set(include_text) - set(TEXT_KEYS))
+    if unknown:
+        raise ValueError(f"unknown text fields {unknown}; the text fields are {list(TEXT_KEYS)}")
+    return tuple(key for key in TEXT_KEYS if key in include_text)
+
+
+def text_keys_for_stage(*, first: bool, last: bool) -> tuple[str, ...]:
+    """The text fields a language pipeline stage reads from the batch.
+
+    The first stage embeds ``input_ids`` at ``position_ids`` and splices by ``input_ids``; the last takes its
+    loss from ``labels`` and ``loss_mask``. A later stage never reads position ids from the batch: when every
+    stage needs them (``passes_position_ids``) they travel with the hidden states from the first stage.
+    """
+    keys = ((INPUT_IDS, POSITION_IDS) if first else ()) + ((LABELS, LOSS_MASK) if last else ())
+    return tuple(key for key in TEXT_KEYS if key in keys)
 
 
 def validate_sample(sample: Sample, model_config: MimoModelConfig) -> None:

@@ -4,6 +4,8 @@ Global position p (counted in samples since the start of training) maps to datas
 ``permutation(seed, p // N)[p % N]``. Step by step, microbatch m covers positions
 ``[consumed + m * mbs, consumed + (m + 1) * mbs)`` and a rank loads only its contiguous DP shard of it, so
 the union over ranks equals what one process would load, and resuming needs nothing but ``consumed_samples``.
+A rank reads only the fields it uses: its modalities' inputs and the text fields it names (a pipeline's last
+language stage: labels and loss mask), so nothing else is collated or moved to its device.
 
 With ``num_workers > 0`` a ``torch.utils.data.DataLoader`` prepares the microbatches ahead in worker processes:
 microbatch k (counted since the start of training) is one item of a map-style view, requested in order, so
@@ -20,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mimo.data.collate import collate
-from mimo.data.format import Batch, Sample, select_fields
+from mimo.data.format import MODALITY_INPUTS, TEXT_KEYS, Batch, Sample, select_fields, text_keys
 from mimo.data.seeding import seeded_generator
 from mimo.data.slicing import shard_range
 
@@ -50,7 +52,7 @@ class MicrobatchLoader:
         seed: int = 0,
         consumed_samples: int = 0,
         modalities: Collection[str] | None = None,
-        include_text: bool = True,
+        include_text: bool | Collection[str] = True,
         num_workers: int = 0,
         prefetch_factor: int = 2,
     ) -> None:
@@ -68,7 +70,8 @@ class MicrobatchLoader:
         self.global_batch_size, self.num_microbatches = global_batch_size, num_microbatches
         self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
         self.modalities = None if modalities is None else frozenset(modalities)
-        self.include_text = include_text
+        self.text_keys = text_keys(include_text)
+        """The text fields this rank reads (``include_text``: True all, False none, or the keys a stage uses)."""
         self._consumed = consumed_samples
         self._permutations: dict[int, list[int]] = {}
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
@@ -146,10 +149,18 @@ class MicrobatchLoader:
         return collate([self._load_sample(index) for index in indices])
 
     def _load_sample(self, index: int) -> Sample:
-        if self._selective:
-            return self.dataset.load_sample(  # type: ignore[attr-defined]
-                index, modalities=self.modalities, include_text=self.include_text)
-        return select_fields(self.dataset[index], modalities=self.modalities, include_text=self.include_text)
+        if not self._selective:
+            sample = select_fields(self.dataset[index], modalities=self.modalities, include_text=self.text_keys)
+        else:
+            sample = self.dataset.load_sample(  # type: ignore[attr-defined]
+                index, modalities=self.modalities, include_text=bool(self.text_keys))
+            if self.text_keys not in ((), TEXT_KEYS):
+                # A dataset renders the text fields together: drop those this rank does not use before collating.
+                sample = select_fields(sample, include_text=self.text_keys)
+        if self.modalities == frozenset() and MODALITY_INPUTS in sample:
+            # A text-only rank: no empty modality dict to collate and move (a copy: the dataset may keep its dict).
+            sample = {key: value for key, value in sample.items() if key != MODALITY_INPUTS}
+        return sample
 
 
 class _Microbatches:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed.device_mesh import DeviceMesh
 
 from mimo.model.compute import run_layer
 from mimo.model.configs import AudioEncoderConfig
 from mimo.model.encoder_layers import build_encoder_blocks, check_hidden, check_layer_range, missing_part_error
 from mimo.model.types import EncoderOutput, check_items_per_sample, sum_per_sample
+from mimo.model.tensor_parallel import split
 
 __all__ = ["AudioEncoder"]
 
@@ -52,6 +54,10 @@ class AudioEncoder(nn.Module):
         self.position_embedding = nn.Embedding(config.max_tokens, config.hidden_size) if has_embedding else None
         self.layers = build_encoder_blocks(self.layer_indices, config.hidden_size, config.num_heads, config.mlp_ratio)
         self.norm = nn.RMSNorm(config.hidden_size) if has_head else None
+
+    def apply_tensor_parallel(self, mesh: DeviceMesh) -> None:
+        """Split its blocks (embeddings, norm stay whole) over the 1-D ``tp`` mesh (see ``mimo.model.tensor_parallel``)."""
+        split(self, mesh)
 
     @property
     def has_embedding(self) -> bool:

@@ -13,6 +13,7 @@ from typing import Literal
 
 from mimo.model.hf.encoder_config import HFEncoderConfig
 from mimo.model.hf.language_config import HFLanguageConfig
+from mimo.model.tp_sizes import check_divides
 
 LANGUAGE_MODULE = "language"
 """Key of the language model; every other module is a modality with a free name."""
@@ -68,6 +69,11 @@ class LanguageModelConfig:
                 f"language.hidden_size ({self.hidden_size}) must be divisible by language.num_heads ({self.num_heads})"
             )
 
+    def check_tensor_parallel(self, tp: int) -> None:
+        """ValueError unless ``tp`` divides the heads, the MLP width and the vocabulary (what it splits)."""
+        check_divides("model.language", tp, {"num_heads": self.num_heads, "mlp width": self.mlp_ratio * self.hidden_size,
+                                             "vocab_size": self.vocab_size})
+
 
 @dataclass(kw_only=True)
 class VisionEncoderConfig:
@@ -101,6 +107,10 @@ class VisionEncoderConfig:
             raise ValueError(
                 f"vision encoder hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
             )
+
+    def check_tensor_parallel(self, tp: int) -> None:
+        """ValueError unless ``tp`` divides the heads and the MLP width (what it splits)."""
+        check_divides("vision encoder", tp, {"num_heads": self.num_heads, "mlp width": self.mlp_ratio * self.hidden_size})
 
     @property
     def tokens_per_image(self) -> int:
@@ -141,6 +151,10 @@ class AudioEncoderConfig:
             raise ValueError(
                 f"audio encoder hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
             )
+
+    def check_tensor_parallel(self, tp: int) -> None:
+        """ValueError unless ``tp`` divides the heads and the MLP width (what it splits)."""
+        check_divides("audio encoder", tp, {"num_heads": self.num_heads, "mlp width": self.mlp_ratio * self.hidden_size})
 
     def tokens_for_frames(self, num_frames: int) -> int:
         """Number of output tokens for a clip of ``num_frames`` valid frames."""

@@ -9,11 +9,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed.device_mesh import DeviceMesh
 
 from mimo.model.compute import fp32_region, run_layer
 from mimo.model.configs import LanguageModelConfig
 from mimo.model.layers import TransformerBlock
 from mimo.model.packing import segment_ids
+from mimo.model.tensor_parallel import split, vocabulary_plan
 
 __all__ = ["IGNORE_INDEX", "LanguageEmbedding", "LanguageModel"]
 
@@ -77,6 +79,10 @@ class LanguageModel(nn.Module):
         )
         self.norm = nn.RMSNorm(config.hidden_size) if has_head else None
         self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False) if has_head else None
+
+    def apply_tensor_parallel(self, mesh: DeviceMesh) -> None:
+        """Split its blocks, the token embedding and the head over the 1-D ``tp`` mesh (see ``mimo.model.tensor_parallel``)."""
+        split(self, mesh, vocabulary_plan())
 
     @property
     def has_embedding(self) -> bool:

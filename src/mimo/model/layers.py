@@ -13,13 +13,20 @@ __all__ = ["TransformerBlock"]
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``, fp32, no dropout."""
+    """Pre-norm block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``, fp32, no dropout.
+
+    The fused ``qkv`` projection is head-major, as Megatron's: its output rows are ``[q_0 k_0 v_0 q_1 k_1 v_1
+    ...]`` (``K`` rows each, one triple per head), so splitting them into ``tp`` contiguous parts gives each
+    tensor-parallel rank whole heads with their own queries, keys and values (``tensor_parallel_plan``). The
+    forward reads the head count off the projection's output, so it runs unchanged on a rank's local heads.
+    """
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: int, *, causal: bool) -> None:
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
         self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
         self.causal = causal
         self.attention_norm = nn.RMSNorm(hidden_size)
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
@@ -42,11 +49,10 @@ class TransformerBlock(nn.Module):
         return x_BSD + self.mlp(self.mlp_norm(x_BSD))
 
     def _attention(self, x_BSD: Tensor, key_padding_mask: Tensor | None, segment_ids: Tensor | None) -> Tensor:
-        batch, seq, hidden = x_BSD.shape
-        q_BNSK, k_BNSK, v_BNSK = (
-            t.view(batch, seq, self.num_heads, hidden // self.num_heads).transpose(1, 2)
-            for t in self.qkv(x_BSD).chunk(3, dim=-1)
-        )
+        batch, seq, _ = x_BSD.shape
+        qkv = self.qkv(x_BSD)
+        heads = qkv.shape[-1] // (3 * self.head_dim)  # all of them, or this tensor-parallel rank's share
+        q_BNSK, k_BNSK, v_BNSK = (t.transpose(1, 2) for t in qkv.view(batch, seq, heads, 3, self.head_dim).unbind(3))
         if key_padding_mask is None and segment_ids is None:
             out_BNSK = F.scaled_dot_product_attention(q_BNSK, k_BNSK, v_BNSK, is_causal=self.causal)
         else:
@@ -57,7 +63,7 @@ class TransformerBlock(nn.Module):
             if segment_ids is not None:
                 allowed = allowed & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
             out_BNSK = F.scaled_dot_product_attention(q_BNSK, k_BNSK, v_BNSK, attn_mask=allowed)
-        return self.attention_out(out_BNSK.transpose(1, 2).reshape(batch, seq, hidden))
+        return self.attention_out(out_BNSK.transpose(1, 2).reshape(batch, seq, heads * self.head_dim))
 
     def _attention_mask(self, key_padding_mask: Tensor, batch: int, seq: int) -> Tensor:
         """Boolean ``[B, 1, S, S]`` mask, True where a query may attend to a key."""

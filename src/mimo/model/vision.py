@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.device_mesh import DeviceMesh
 
 from mimo.model.compute import run_layer
 from mimo.model.configs import VisionEncoderConfig
 from mimo.model.encoder_layers import build_encoder_blocks, check_hidden, check_layer_range, missing_part_error
 from mimo.model.types import EncoderOutput, check_items_per_sample
+from mimo.model.tensor_parallel import split
 
 __all__ = ["VisionEncoder"]
 
@@ -49,6 +51,10 @@ class VisionEncoder(nn.Module):
         self.position_embedding = nn.Embedding(config.tokens_per_image, config.hidden_size) if has_embedding else None
         self.layers = build_encoder_blocks(self.layer_indices, config.hidden_size, config.num_heads, config.mlp_ratio)
         self.norm = nn.RMSNorm(config.hidden_size) if has_head else None
+
+    def apply_tensor_parallel(self, mesh: DeviceMesh) -> None:
+        """Split its blocks (embeddings, norm stay whole) over the 1-D ``tp`` mesh (see ``mimo.model.tensor_parallel``)."""
+        split(self, mesh)
 
     @property
     def has_embedding(self) -> bool:

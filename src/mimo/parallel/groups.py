@@ -1,5 +1,5 @@
-"""The one place that creates process groups: one data-parallel group per (module, stage), and two for
-point-to-point traffic.
+"""The one place that creates process groups: one data-parallel group per (module, stage, tensor-parallel rank),
+the meshes of sharded or tensor-parallel module stages, and two groups for point-to-point traffic.
 
 ``new_group`` is collective, so every rank creates every group, in the same order (modules in layout order,
 stages in order, then the two point-to-point groups), keeping only the groups it belongs to.
@@ -26,8 +26,8 @@ from mimo.parallel.layout import ModuleLayout
 
 @dataclass(frozen=True)
 class ModuleGroups:
-    """The data-parallel group of each module stage held by this rank, and the point-to-point groups
-    (all None in a single process)."""
+    """The data-parallel group of each module stage held by this rank (its ranks with the same tensor-parallel
+    rank: they hold the same parameter shards), and the point-to-point groups (all None in a single process)."""
 
     dp: dict[str, dist.ProcessGroup | None]
     activations: dist.ProcessGroup | None = None
@@ -54,10 +54,11 @@ def build_module_groups(
     groups: dict[str, dist.ProcessGroup | None] = {}
     for module, layout in layouts.items():
         for stage in range(layout.pp):
-            ranks = layout.stage_ranks(stage)
-            group = dist.new_group(ranks, timeout=timeout) if dist.is_initialized() else None
-            if rank in ranks:
-                groups[module] = group
+            for tp_rank in range(layout.tp):
+                ranks = layout.dp_ranks(stage, tp_rank)
+                group = dist.new_group(ranks, timeout=timeout) if dist.is_initialized() else None
+                if rank in ranks:
+                    groups[module] = group
     if not dist.is_initialized():
         return ModuleGroups(dp=groups)
     tied = None
@@ -78,43 +79,57 @@ def build_module_groups(
     )
 
 
-def build_shard_meshes(
+MESH_DIMS = ("dp", "dp_shard", "tp")
+"""Names of a module stage's mesh dimensions, outermost first (the rank order of ``ModuleLayout``)."""
+
+
+def mesh_dims(layout: ModuleLayout) -> tuple[str, ...]:
+    """The dimensions of a module stage's mesh: ``dp_shard`` (with ``dp`` too for HSDP) where FSDP2 shards, and
+    ``tp`` where tensor parallelism splits layers. Plain replication (``dp`` without ``dp_shard``) is reduced by
+    the trainer over its own groups, so it is not a mesh dimension; a layout with none of these has no mesh."""
+    dims = []
+    if layout.dp_shard > 1:
+        dims += ["dp", "dp_shard"] if layout.dp > 1 else ["dp_shard"]
+    if layout.tp > 1:
+        dims.append("tp")
+    return tuple(dims)
+
+
+def build_module_meshes(
     layouts: Mapping[str, ModuleLayout], rank: int, *, device_type: str, timeout: timedelta
 ) -> dict[str, DeviceMesh]:
-    """The FSDP2 mesh of each module stage with ``dp_shard > 1`` that this rank holds (collective, fixed order).
+    """The mesh of each module stage this rank holds whose layout shards it (``dp_shard > 1``) or splits its
+    layers (``tp > 1``), with the dimensions of ``mesh_dims`` (collective, fixed order).
 
     A module need not cover the world, so the mesh is built from groups made here over its stage's ranks
-    (``DeviceMesh.from_group``) rather than by ``init_device_mesh``. The mesh is ``(dp_shard,)`` for one replica
-    and ``(dp, dp_shard)`` for HSDP: rows are replicas, each row the contiguous shard ranks of one replica (see
-    ``ModuleLayout``). Every rank creates every group in the same order (modules, stages, shard rows, then
-    replica columns) because ``new_group`` is collective.
+    (``DeviceMesh.from_group``) rather than by ``init_device_mesh``. Every rank creates every group in the same
+    order (modules, stages, then each mesh dimension's lines over the stage's whole ``(dp, dp_shard, tp)`` grid)
+    because ``new_group`` is collective. Slice it by name: ``mesh["tp"]``, ``mesh["dp_shard"]``.
     """
     meshes: dict[str, DeviceMesh] = {}
     if not dist.is_initialized():
         return meshes
     for module, layout in layouts.items():
-        if layout.dp_shard == 1:
+        dims = mesh_dims(layout)
+        if not dims:
             continue
         for stage in range(layout.pp):
-            grid = [[layout.rank_of(replica * layout.dp_shard + shard, stage) for shard in range(layout.dp_shard)]
-                    for replica in range(layout.dp)]
-            mine = [row for row in grid if rank in row]
-            shard_group = replica_group = None
-            for row in grid:
-                group = dist.new_group(row, timeout=timeout)
-                if rank in row:
-                    shard_group = group
-            if layout.dp > 1:
-                for column in zip(*grid):
-                    group = dist.new_group(list(column), timeout=timeout)
-                    if rank in column:
-                        replica_group = group
+            grid = torch.tensor([[[layout.rank_of(replica * layout.dp_shard + shard, stage, tp_rank)
+                                   for tp_rank in range(layout.tp)]
+                                  for shard in range(layout.dp_shard)]
+                                 for replica in range(layout.dp)])
+            mine = {}
+            for name in dims:
+                axis = MESH_DIMS.index(name)
+                for line in grid.movedim(axis, -1).reshape(-1, grid.shape[axis]).tolist():
+                    group = dist.new_group(line, timeout=timeout)
+                    if rank in line:
+                        mine[name] = group
             if not mine:
                 continue
-            if replica_group is None:
-                meshes[module] = DeviceMesh.from_group(shard_group, device_type, mesh=mine[0],
-                                                       mesh_dim_names=("dp_shard",))
-            else:
-                meshes[module] = DeviceMesh.from_group([replica_group, shard_group], device_type,
-                                                       mesh=torch.tensor(grid), mesh_dim_names=("dp", "dp_shard"))
+            # This rank's sub-grid: its own coordinate on every dimension that is not a mesh dimension.
+            where = (grid == rank).nonzero()[0].tolist()
+            index = tuple(slice(None) if name in dims else where[axis] for axis, name in enumerate(MESH_DIMS))
+            meshes[module] = DeviceMesh.from_group([mine[name] for name in dims], device_type, mesh=grid[index],
+                                                   mesh_dim_names=dims)
     return meshes

@@ -111,6 +111,11 @@ class ModuleLayout:
         """Every rank of one pipeline stage, replica-major (tp fastest)."""
         return [self.rank_of(d, stage, t) for d in range(self.dp_size) for t in range(self.tp)]
 
+    def dp_ranks(self, stage: int, tp_rank: int = 0) -> list[int]:
+        """The data-parallel ranks of one stage that hold tensor-parallel part ``tp_rank``: the ranks that sum
+        the same gradients."""
+        return [self.rank_of(d, stage, tp_rank) for d in range(self.dp_size)]
+
     def replica_ranks(self, dp_rank: int) -> list[int]:
         """Every rank of one data-parallel replica, stage-major (tp fastest)."""
         return [self.rank_of(dp_rank, s, t) for s in range(self.pp) for t in range(self.tp)]
@@ -139,9 +144,6 @@ def validate_layouts(
         raise ValueError(
             f"world_size ({world_size}) and micro_batch_size ({micro_batch_size}) must be positive"
         )
-    unsupported = {name: layout.tp for name, layout in layouts.items() if layout.tp != 1}
-    if unsupported:
-        raise ValueError(f"tp > 1 is not supported yet, got tp {unsupported}")
     placement = placement_of(layouts)
     if placement is Placement.COLOCATED:
         _check_colocated(layouts, world_size)
@@ -166,8 +168,14 @@ def _check_colocated(layouts: Mapping[str, ModuleLayout], world_size: int) -> No
         raise ValueError(
             f"colocated modules (all on the same ranks) must have pp == 1, got pp {pipelined}"
         )
-    # Equal spans with pp == 1 and tp == 1 already mean equal dp * dp_shard (the data-parallel size the data is
-    # cut by), so there is no separate dp check; dp and dp_shard may differ per module.
+    # dp and dp_shard may differ per module, but every module must cut the data the same way: equal spans with
+    # pp == 1 mean equal dp * dp_shard * tp, so only tp can make the data-parallel sizes differ.
+    tps = {name: layout.tp for name, layout in layouts.items()}
+    if len(set(tps.values())) > 1:
+        raise ValueError(
+            f"colocated modules (all on the same ranks) must have the same tp, got tp {tps}: colocated modules "
+            "with different data-parallel sizes are not supported yet"
+        )
     layout = next(iter(layouts.values()))
     if layout.ranks != range(world_size):
         raise ValueError(
@@ -225,12 +233,20 @@ class RankRole:
     """Module -> stage index held by this rank (every module at stage 0 when colocated)."""
     dp_rank: dict[str, int]
     """Module -> combined data-parallel rank (``replica * dp_shard + shard``): which samples this rank reads."""
+    tp_rank: dict[str, int]
+    """Module -> tensor-parallel rank: which part of the module's split layers this rank holds (0 with tp 1)."""
     num_stages: dict[str, int]
     """Module -> pp of that module, for the modules on this rank."""
 
     @property
     def modules(self) -> tuple[str, ...]:
         return tuple(self.stages)
+
+    @property
+    def leads_tensor_parallel(self) -> bool:
+        """True on tensor-parallel rank 0 of every module held: the rank that reports what its whole tensor-parallel
+        group computed (the others compute the same losses and counts)."""
+        return all(tp_rank == 0 for tp_rank in self.tp_rank.values())
 
     def holds(self, module: str) -> bool:
         return module in self.stages
@@ -274,4 +290,5 @@ def role_of(rank: int, layouts: Mapping[str, ModuleLayout]) -> RankRole:
         stages={name: stage for name, (_, stage, _) in coords.items()},
         dp_rank={name: dp_rank for name, (dp_rank, _, _) in coords.items()},
         num_stages={name: layout.pp for name, layout in held.items()},
+        tp_rank={name: tp_rank for name, (_, _, tp_rank) in coords.items()},
     )

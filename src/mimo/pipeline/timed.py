@@ -5,17 +5,20 @@ Real stages do not cost the same (a small encoder stage next to a language stage
 Replaying every rank's action list with *measured* per-stage costs predicts what the schedule itself allows, so
 a measured trace can be compared with it: the gap is the runtime's overhead, not the schedule's.
 
-Model (the runner's semantics, in time), every rank starting at 0:
+Model (the runner's semantics, in time):
 
+- a rank enters the step at 0, or at its ``start_s`` (measured ranks enter their pipeline at different moments:
+  the previous step's optimizer and this step's set-up take different times per rank); before that it is idle;
 - a rank runs its actions in list order, one at a time;
 - ``F`` / ``B`` take the stage's forward / backward cost;
 - a send takes the stage's send cost (posting it) and never waits for its receiver;
 - a receive starts when its rank reaches it and ends ``transfer`` seconds after the later of its start and the
-  end of the last send it waits for (``transfer``: the largest cost of its hops, 0 when not given). The time
+  end of the last send it waits for (``Costs``: the largest cost of its hops, 0 when not given). The time
   before that send ended is waiting.
 
-Costs come from a ``CostModel``: fixed per stage and hop (``Costs``), or anything that answers per action, such
-as ``mimo.tracing.analysis``'s draws from a trace's measured durations (which replays their spread too).
+Costs come from a ``CostModel``, asked per rank and action: fixed per stage and hop (``Costs``), or anything
+else, such as ``mimo.tracing.analysis``'s draws from each rank's measured durations (which replays their spread
+and the differences between replicas of one stage).
 
 With every compute costing 1 and communication free, the step time equals ``simulate``'s step count.
 Pure: no torch, no process group.
@@ -23,7 +26,7 @@ Pure: no torch, no process group.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple, Protocol
 
@@ -69,12 +72,12 @@ class Send(NamedTuple):
 class CostModel(Protocol):
     """What ``simulate_timed`` asks, once per action it replays."""
 
-    def local_cost(self, action: Action) -> float:
-        """Seconds ``action`` (a forward, backward or send) keeps its own rank busy."""
+    def local_cost(self, rank: int, action: Action) -> float:
+        """Seconds ``action`` (a forward, backward or send) keeps ``rank`` busy."""
         ...
 
-    def transfer_cost(self, hop: Hop) -> float:
-        """Seconds a message on ``hop`` takes once its send has ended and its receive is posted."""
+    def transfer_cost(self, rank: int, action: Action, hops: Sequence[Hop]) -> float:
+        """Seconds the receive ``action`` of ``rank`` takes once the last send it waits for (on ``hops``) ended."""
         ...
 
 
@@ -95,8 +98,9 @@ class Costs:
     stages: Mapping[StageKey, StageCost]
     transfer_s: Mapping[Hop, float] = field(default_factory=dict)
 
-    def local_cost(self, action: Action) -> float:
-        """Time ``action`` keeps its own rank busy (receives are timed by their messages instead)."""
+    def local_cost(self, rank: int, action: Action) -> float:
+        """Time ``action`` keeps its own rank busy (receives are timed by their messages instead); the same on
+        every replica of a stage."""
         cost = self.stages.get((action.module, action.stage), StageCost())
         return {
             ActionKind.F: cost.forward_s,
@@ -105,8 +109,9 @@ class Costs:
             ActionKind.SEND_B: cost.send_backward_s,
         }.get(action.kind, 0.0)
 
-    def transfer_cost(self, hop: Hop) -> float:
-        return self.transfer_s.get(hop, 0.0)
+    def transfer_cost(self, rank: int, action: Action, hops: Sequence[Hop]) -> float:
+        """The slowest of the receive's hops (its messages travel side by side)."""
+        return max((self.transfer_s.get(hop, 0.0) for hop in hops), default=0.0)
 
     def compute_only(self) -> Costs:
         """The same forwards and backwards with free communication: the schedule's ideal."""
@@ -136,12 +141,13 @@ class RankTime:
 @dataclass(frozen=True)
 class TimedResult:
     step_time_s: float
-    """When the last rank finishes its list (all ranks start at 0)."""
+    """When the last rank finishes its list (the step starts at 0)."""
     ranks: Mapping[int, RankTime]
     actions: tuple[TimedAction, ...]
 
     def idle_s(self, rank: int) -> float:
-        """Time in the step that ``rank`` neither computes nor communicates: waiting in receives, or done early."""
+        """Time in the step that ``rank`` neither computes nor communicates: entering late, waiting in receives,
+        or done early."""
         time = self.ranks[rank]
         return max(self.step_time_s - time.busy_s - time.comm_s, 0.0)
 
@@ -179,21 +185,28 @@ def simulate_timed(
     topology: Topology,
     micro_batch_size: int,
     costs: CostModel,
+    start_s: Mapping[int, float] | None = None,
 ) -> TimedResult:
-    """Replay every rank's actions with ``costs``; return the step time, per-rank busy/comm/idle and each action.
+    """Replay every rank's actions with ``costs``, rank r entering at ``start_s[r]`` (default 0); return the step
+    time, per-rank busy/comm/idle and each action.
 
     Raises:
+        ValueError: a start time is negative.
         SimulationError: a receive waits for a send that no rank's list has, or the lists block each other
             (``simulate`` reports the same schedule with a step-by-step grid).
     """
     sends_of = matching_sends(schedule, layouts, topology, micro_batch_size)
     ranks = sorted(schedule)
+    starts = {rank: (start_s or {}).get(rank, 0.0) for rank in ranks}
+    early = {rank: start for rank, start in starts.items() if start < 0}
+    if early:
+        raise ValueError(f"start times must be >= 0 (the step starts at 0), got {early}")
     posted = {(rank, action) for rank in ranks for action in schedule[rank] if action.kind.is_send}
     for (rank, action), sends in sends_of.items():
         missing = [f"rank {s.rank}'s {s.action}" for s in sends if (s.rank, s.action) not in posted]
         if missing:
             raise SimulationError(f"rank {rank}'s {action} waits for {', '.join(missing)}, which no list has")
-    clock = dict.fromkeys(ranks, 0.0)
+    clock = dict(starts)
     cursor = dict.fromkeys(ranks, 0)
     busy, comm = dict.fromkeys(ranks, 0.0), dict.fromkeys(ranks, 0.0)
     send_end: dict[tuple[int, Action], float] = {}
@@ -211,11 +224,11 @@ def simulate_timed(
                     if any((s.rank, s.action) not in send_end for s in sends):
                         break
                     ready = max([start, *(send_end[(s.rank, s.action)] for s in sends)])
-                    transfer = max((costs.transfer_cost(s.hop) for s in sends), default=0.0)
+                    transfer = costs.transfer_cost(rank, action, [s.hop for s in sends])
                     wait, end = ready - start, ready + transfer
                     comm[rank] += transfer
                 else:
-                    end = start + costs.local_cost(action)
+                    end = start + costs.local_cost(rank, action)
                     if action.kind.is_send:
                         send_end[(rank, action)] = end
                         comm[rank] += end - start

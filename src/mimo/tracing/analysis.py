@@ -9,17 +9,27 @@ Definitions, the same for measured and predicted so they compare:
   receive waits for had been posted (``recv end - max(recv start, send end)``);
 - its *idle* time is the rest of the pipeline: waiting in receives, and before its first or after its last action.
 
-The prediction replays the schedule many times, each action's cost drawn from the durations measured for its
-stage and kind (over the traced steps, microbatches and data-parallel replicas), and takes the medians: a
-pipeline waits on its slowest actions, so the costs' spread matters, not just their typical value (with one
-replay of median costs, a rank that loses its core now and then on 2 shared cores made the prediction miss the
-measured pipeline by a third; with the spread replayed, by a few percent). The timeline draws one replay with the
-mean costs. The predicted step time is the replayed pipeline plus what the step measured outside its pipeline
-(zero_grad, grad-reduce, optimizer). Pure: no torch.
+The prediction replays the schedule many times and takes the medians. In each replay:
+
+- every action's cost is drawn from the durations measured *on its rank* for that action (over the traced steps
+  and microbatches): a pipeline waits on its slowest actions, so the costs' spread matters, not just their
+  typical value (one replay of median costs missed the measured pipeline by a third on 2 shared cores); and
+  replicas of one stage differ (other samples, another share of the cores: two image replicas of a fan-in
+  measured 15 points apart in idle time), so their durations are not pooled;
+- every rank enters the pipeline at its measured entry time (the median over steps of its first action's start
+  after the pipeline's start): the previous step's optimizer and this step's set-up end at different moments on
+  different ranks, up to a sixth of the pipeline on the tiny recipes, and a late rank delays those that wait
+  for it. Replaying each measured step with its own durations and entry times gives back its measured idle
+  time per rank within about 2 points; with every rank entering at 0, up to 12 points off.
+
+The timeline draws one replay with the mean costs per stage and the same entry times. The predicted step time is
+the replayed pipeline plus what the step measured outside its pipeline (zero_grad, grad-reduce, optimizer).
+Pure: no torch.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 from collections import defaultdict
@@ -44,7 +54,6 @@ from mimo.pipeline.timed import (
 __all__ = [
     "Comparison",
     "CostSamples",
-    "DrawnCosts",
     "MeasuredAction",
     "MeasuredPhase",
     "SpreadPrediction",
@@ -56,8 +65,11 @@ __all__ = [
     "measured_costs",
     "measured_samples",
     "phase_spans",
+    "RankDraws",
+    "RankSamples",
     "plan_of",
     "predict_with_spread",
+    "rank_samples",
     "traced_steps",
 ]
 
@@ -227,37 +239,27 @@ class CostSamples:
             transfer_s={hop: statistics.fmean(values) for hop, values in self.transfers.items() if values},
         )
 
-    def draws(self, rng: random.Random) -> DrawnCosts:
-        return DrawnCosts(self, rng)
 
-
-class DrawnCosts:
-    """A ``CostModel`` that gives every replayed action a duration drawn from its stage's measured ones, so a
-    replay has the spread of the measured steps (a rank that loses its core now and then), not just their mean."""
-
-    def __init__(self, samples: CostSamples, rng: random.Random) -> None:
-        self._samples, self._rng = samples, rng
-
-    def local_cost(self, action: Action) -> float:
-        values = self._samples.stages.get(((action.module, action.stage), action.kind))
-        return self._rng.choice(values) if values else 0.0
-
-    def transfer_cost(self, hop: Hop) -> float:
-        values = self._samples.transfers.get(hop)
-        return self._rng.choice(values) if values else 0.0
+def _complete_steps(
+    trace: Mapping[str, Any], plan: TracePlan, steps: Sequence[int] | None
+) -> list[tuple[dict[tuple[int, Action], MeasuredAction], dict[tuple[int, Action], tuple[float, float]]]]:
+    """The actions of every completely traced step (of ``steps``, default all), each with its receives' split."""
+    by_step = _by_step(action_spans(trace))
+    sends_of = plan.sends_of()
+    complete = []
+    for step in steps if steps is not None else sorted(by_step):
+        actions = by_step.get(step, {})
+        if actions and _complete(actions, plan):
+            complete.append((actions, _receive_split(actions, sends_of)))
+    return complete
 
 
 def measured_samples(trace: Mapping[str, Any], plan: TracePlan, steps: Sequence[int] | None = None) -> CostSamples:
     """Every forward, backward and send duration per stage and transfer time per hop over complete traced steps."""
-    by_step = _by_step(action_spans(trace))
     sends_of = plan.sends_of()
     samples: dict[tuple[StageKey, ActionKind], list[float]] = defaultdict(list)
     transfers: dict[Hop, list[float]] = defaultdict(list)
-    for step in steps if steps is not None else sorted(by_step):
-        actions = by_step.get(step, {})
-        if not actions or not _complete(actions, plan):
-            continue
-        split = _receive_split(actions, sends_of)
+    for actions, split in _complete_steps(trace, plan, steps):
         for (rank, action), span in actions.items():
             if action.kind.is_recv:
                 for send in sends_of[(rank, action)]:
@@ -272,6 +274,62 @@ def measured_costs(trace: Mapping[str, Any], plan: TracePlan, steps: Sequence[in
     return measured_samples(trace, plan, steps).means()
 
 
+RankActionKey = tuple[int, str, int, ActionKind]
+"""``(rank, module, stage, kind)``: what one rank's measured durations are kept under."""
+
+
+def _rank_key(rank: int, action: Action) -> RankActionKey:
+    return rank, action.module, action.stage, action.kind
+
+
+@dataclass(frozen=True)
+class RankSamples:
+    """What the replays draw from, per rank: the measured durations of each kind of action (the transfer part for
+    receives) and when the rank entered the pipeline."""
+
+    durations: Mapping[RankActionKey, Sequence[float]]
+    entry_s: Mapping[int, float]
+    """Median over steps of the rank's first action's start after the pipeline's start, less the earliest
+    rank's (so the earliest enters at 0)."""
+
+
+def rank_samples(trace: Mapping[str, Any], plan: TracePlan, steps: Sequence[int] | None = None) -> RankSamples:
+    """Every rank's measured durations and entry time over complete traced steps."""
+    durations: dict[RankActionKey, list[float]] = defaultdict(list)
+    entries: dict[int, list[float]] = defaultdict(list)
+    for actions, split in _complete_steps(trace, plan, steps):
+        start = min(span.start_s for span in actions.values())
+        first = {rank: math.inf for rank in plan.schedule}
+        for (rank, action), span in actions.items():
+            first[rank] = min(first[rank], span.start_s)
+            cost = split[(rank, action)][1] if action.kind.is_recv else span.duration_s
+            durations[_rank_key(rank, action)].append(cost)
+        for rank, entered in first.items():
+            entries[rank].append(entered - start)
+    medians = {rank: statistics.median(values) for rank, values in entries.items()}
+    earliest = min(medians.values(), default=0.0)
+    return RankSamples(dict(durations), {rank: median - earliest for rank, median in medians.items()})
+
+
+class RankDraws:
+    """A ``CostModel`` that gives every replayed action a duration drawn from those its rank measured for that
+    action kind, so a replay has the spread of the measured steps (a rank that loses its core now and then) and
+    each replica its own costs."""
+
+    def __init__(self, samples: RankSamples, rng: random.Random) -> None:
+        self._samples, self._rng = samples, rng
+
+    def local_cost(self, rank: int, action: Action) -> float:
+        return self._draw(rank, action)
+
+    def transfer_cost(self, rank: int, action: Action, hops: Sequence[Hop]) -> float:
+        return self._draw(rank, action)
+
+    def _draw(self, rank: int, action: Action) -> float:
+        values = self._samples.durations.get(_rank_key(rank, action))
+        return self._rng.choice(values) if values else 0.0
+
+
 @dataclass(frozen=True)
 class SpreadPrediction:
     """Medians over replays with drawn costs: the step the schedule allows given the measured costs' spread."""
@@ -284,12 +342,12 @@ REPLAYS = 101
 """Replays with drawn costs per prediction: enough for a stable median, a fraction of a second on small plans."""
 
 
-def predict_with_spread(plan: TracePlan, samples: CostSamples, replays: int = REPLAYS) -> SpreadPrediction:
-    """Replay the plan ``replays`` times with every action's cost drawn from the measured ones (seeded: the same
-    trace gives the same prediction)."""
+def predict_with_spread(plan: TracePlan, samples: RankSamples, replays: int = REPLAYS) -> SpreadPrediction:
+    """Replay the plan ``replays`` times with every action's cost drawn from its rank's measured ones and every
+    rank entering at its measured entry time (seeded: the same trace gives the same prediction)."""
     rng = random.Random(0)
     results = [simulate_timed(plan.schedule, plan.layouts, plan.topology, plan.micro_batch_size,
-                              samples.draws(rng)) for _ in range(replays)]
+                              RankDraws(samples, rng), start_s=samples.entry_s) for _ in range(replays)]
     return SpreadPrediction(
         pipeline_s=statistics.median(result.step_time_s for result in results),
         idle_fraction={rank: statistics.median(result.idle_fraction(rank) for result in results)
@@ -306,7 +364,7 @@ class Comparison:
     clock: str
     measured: list[StepMeasure]
     predicted: TimedResult
-    """One replay with the mean costs (what the timeline draws)."""
+    """One replay with the mean costs per stage and the measured entry times (what the timeline draws)."""
     spread: SpreadPrediction
     """Replays with drawn costs (what the summary prints as predicted)."""
     ideal: TimedResult
@@ -351,7 +409,8 @@ class Comparison:
         lines += ["  " + "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in
                                    enumerate(zip(row, widths))).rstrip() for row in rows]
         lines.append(f"  predicted: medians of {REPLAYS} replays of the schedule, each action's cost (compute, send, "
-                     "transfer) drawn from its stage's measured ones; ideal: mean compute, free communication"
+                     "transfer) drawn from its rank's measured ones, each rank entering at its measured entry time; "
+                     "ideal: mean compute, free communication"
                      + ("; step time adds the "
                      f"{outside * ms:.1f} ms measured outside the pipeline" if outside is not None else ""))
         lines.append("  measured compute / communication per rank and step (medians): " + ", ".join(
@@ -371,15 +430,15 @@ def compare(trace: Mapping[str, Any]) -> Comparison | None:
         return None
     sends_of, phases = plan.sends_of(), phase_spans(trace)
     measured = [_measure(step, by_step[step], plan, sends_of, phases) for step in steps]
-    samples = measured_samples(trace, plan, steps)
-    costs = samples.means()
+    costs = measured_costs(trace, plan, steps)
+    by_rank = rank_samples(trace, plan, steps)
     replay = (plan.schedule, plan.layouts, plan.topology, plan.micro_batch_size)
     return Comparison(
         steps=steps,
         plan=plan,
         clock=trace["mimo"].get("clock", ""),
         measured=measured,
-        predicted=simulate_timed(*replay, costs),
-        spread=predict_with_spread(plan, samples),
+        predicted=simulate_timed(*replay, costs, start_s=by_rank.entry_s),
+        spread=predict_with_spread(plan, by_rank),
         ideal=simulate_timed(*replay, costs.compute_only()),
     )

@@ -73,7 +73,7 @@ def draw_timeline(trace: Mapping[str, Any], out: str | Path, *, step: int | None
         idle = ", ".join(f"{rank}: {100 * measure.idle_fraction(rank):.0f} %" for rank in ranks)
         axes[0].set_title(f"measured, step {step}: pipeline {measure.pipeline_s * 1e3:.1f} ms; idle per rank {idle}",
                           loc="left", fontsize=10)
-        for ax, result, what in ((axes[1], comparison.predicted, "predicted: one replay with the mean costs"),
+        for ax, result, what in ((axes[1], comparison.predicted, "predicted: one replay, mean costs, measured entries"),
                                  (axes[2], comparison.ideal, "ideal: measured compute, free communication")):
             _draw_replay(ax, result, colors)
             idle = ", ".join(f"{rank}: {100 * result.idle_fraction(rank):.0f} %" for rank in ranks)

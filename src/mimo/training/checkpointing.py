@@ -52,7 +52,9 @@ def _rng_key(trainer: Trainer) -> str:
     role = trainer.engine.role
     module = "+".join(trainer.engine.modules)
     first = trainer.engine.modules[0]
-    return f"rng.{module}.stage{role.stages[first]}.dp{role.dp_rank[first]}"
+    # Tensor-parallel rank 0 keeps the key of a layout without tp, so a checkpoint reshards between the two.
+    tp = f".tp{role.tp_rank[first]}" if role.tp_rank[first] else ""
+    return f"rng.{module}.stage{role.stages[first]}.dp{role.dp_rank[first]}{tp}"
 
 
 def tensor_state(trainer: Trainer) -> dict[str, Tensor]:

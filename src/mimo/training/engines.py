@@ -21,6 +21,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from mimo.comm.multimodule import MultiModulePipelineCommunicator
 from mimo.comm.routing import RoutingPlan
 from mimo.config import MimoConfig
+from mimo.data.format import text_keys_for_stage
 from mimo.model import MimoModel
 from mimo.model.compute import apply_compute
 from mimo.model.configs import LANGUAGE_MODULE
@@ -127,12 +128,14 @@ class PipelineEngine:
             shard_stage(self.model, self.module, meshes[self.module])
 
     def loader_options(self) -> dict[str, Any] | None:
-        """What this stage reads: tokens and labels for language stages, one modality's inputs for an encoder."""
+        """What this stage reads: a language stage only the text fields its forward uses (the first tokens and
+        positions, the last labels and loss mask), an encoder's first stage its modality's inputs, others nothing."""
         if not self.model.needs_data:
             return None
         shard = {"dp_rank": self.role.dp_rank[self.module], "dp_size": self._dp_size}
         if self.module == LANGUAGE_MODULE:
-            return {**shard, "modalities": (), "include_text": True}
+            text = text_keys_for_stage(first=self.model.is_first_stage, last=self.model.is_loss_stage)
+            return {**shard, "modalities": (), "include_text": text}
         return {**shard, "modalities": (self.module,), "include_text": False}
 
     def run(self, microbatches: Iterable[Any] | None) -> StageLosses:

@@ -26,14 +26,19 @@ def local_grad(parameter: nn.Parameter) -> Tensor:
 
 
 def materialize_grads(params: Sequence[nn.Parameter]) -> None:
-    """Give every parameter a gradient tensor (zeros where backward never reached it).
+    """Give every parameter a gradient tensor laid out like the parameter (zeros where backward never reached it).
 
     A modality absent from a rank's microbatches leaves its gradients at None there, yet every replica must take
-    part in the same all-reduce with the same tensors.
+    part in the same all-reduce with the same tensors. A tensor-parallel parameter may get its gradient in
+    another placement than its own (a vocabulary-split embedding gets a whole, replicated one): it is cut to the
+    parameter's placement, so that every function here sees this rank's part of it.
     """
     for parameter in params:
-        if parameter.grad is None:
+        grad = parameter.grad
+        if grad is None:
             parameter.grad = torch.zeros_like(parameter)
+        elif isinstance(grad, DTensor) and grad.placements != parameter.placements:
+            parameter.grad = grad.redistribute(parameter.device_mesh, parameter.placements)
 
 
 def all_reduce_grads(params: Sequence[nn.Parameter], group: dist.ProcessGroup | None) -> None:

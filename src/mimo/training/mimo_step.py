@@ -103,7 +103,8 @@ def forward_step(
 
     Raises:
         RuntimeError: this stage needs data and the iterator gave none.
-        ValueError: the terminal stage produced a dict instead of per-token losses (a misconfigured model).
+        ValueError: the terminal stage produced a dict instead of per-token losses (a misconfigured model), or its
+            batch lacks ``loss_mask``.
     """
     batch: dict[str, Any] = {}
     if model.needs_data:
@@ -124,6 +125,8 @@ def forward_step(
             "the last pipeline stage must return a per-token loss tensor, "
             f"got a dict with keys {sorted(output)}: is the language model's head on this stage?"
         )
+    if "loss_mask" not in batch:
+        raise ValueError(f"the loss stage's batch has no 'loss_mask' (it has {sorted(batch)}): its loader must read it")
     return output, partial(loss_func, batch["loss_mask"])
 
 

@@ -1,4 +1,8 @@
-"""Sharded data parallelism per module: FSDP2 ``fully_shard`` on what the provider built.
+"""Tensor parallelism and sharded data parallelism per module, applied to what the provider built.
+
+Tensor parallelism (``tp > 1``) comes first: each family slice splits its own layers over the mesh's ``tp``
+dimension (``apply_tensor_parallel``, DTensor plans). Then FSDP2 (``dp_shard > 1``) shards over the mesh's
+``dp_shard`` dimension (``dp`` too for HSDP), on top of the tensor-parallel DTensors when both apply.
 
 Each transformer layer of a sharded module is one FSDP unit (its parameters gathered just for its forward and
 backward); the rest of the module (embeddings, norms, head, projections) sits in an enclosing unit:
@@ -26,23 +30,30 @@ from torch.distributed.tensor import DTensor
 from mimo.model.compute import module_slices
 from mimo.model.configs import LANGUAGE_MODULE
 
-__all__ = ["first_replica_holds", "is_sharded", "shard_fused_model", "shard_stage"]
+__all__ = ["counts_once", "reduced_by_fsdp", "shard_fused_model", "shard_stage"]
 
 
-def is_sharded(parameter: nn.Parameter) -> bool:
-    """True for a parameter FSDP turned into a DTensor (its gradient is reduced by FSDP, not the trainer)."""
-    return isinstance(parameter, DTensor)
+def reduced_by_fsdp(parameter: nn.Parameter) -> bool:
+    """True for a parameter FSDP sharded (its gradient is reduced by FSDP, not the trainer). A parameter that
+    only tensor parallelism split is a DTensor too, but on a mesh without ``dp_shard``."""
+    return isinstance(parameter, DTensor) and "dp_shard" in (parameter.device_mesh.mesh_dim_names or ())
 
 
-def first_replica_holds(parameter: DTensor) -> bool:
-    """True where this rank's shard belongs to replica 0 of the parameter's mesh.
+def counts_once(parameter: nn.Parameter, coordinates: Mapping[str, int]) -> bool:
+    """True where this rank's part of ``parameter`` counts towards sums over the world (gradient norms).
 
-    Norms and counts must take every shard once: each shard rank of one replica adds its own part, and the
-    other replicas (HSDP), holding copies of the same shards, add nothing.
+    ``coordinates`` is this rank's place in its module stage: ``{"dp": replica, "dp_shard": shard, "tp":
+    tp_rank}``. Along a dimension that splits the parameter every rank holds a different part and adds it; along
+    one that copies it (a Replicate placement, or a dimension the parameter's mesh lacks: a plain parameter is
+    copied along all of them) only the rank at coordinate 0 adds its copy.
     """
-    mesh = parameter.device_mesh
-    return all(mesh.get_local_rank(dim) == 0
-               for dim, placement in enumerate(parameter.placements) if placement.is_replicate())
+    split: set[str] = set()
+    if isinstance(parameter, DTensor):
+        names = parameter.device_mesh.mesh_dim_names or ()
+        # Not ``is_shard()``: FSDP over tensor-parallel rows shards with a ``_StridedShard``, which says False.
+        split = {name for name, placement in zip(names, parameter.placements)
+                 if not (placement.is_replicate() or placement.is_partial())}
+    return all(coordinate == 0 for name, coordinate in coordinates.items() if name not in split)
 
 
 def _layers(model: nn.Module, module: str) -> list[nn.Module]:
@@ -68,26 +79,53 @@ def _shard(unit: nn.Module, mesh: DeviceMesh, ignored: set[nn.Parameter] | None 
     _sum_reduction(unit)
 
 
+def _fsdp_mesh(mesh: DeviceMesh) -> DeviceMesh | None:
+    """The FSDP part of a module stage's mesh (``dp_shard``, with ``dp`` for HSDP), or None without sharding."""
+    names = mesh.mesh_dim_names or ()
+    if "dp_shard" not in names:
+        return None
+    return mesh["dp", "dp_shard"] if "dp" in names else mesh["dp_shard"]
+
+
+def apply_tensor_parallel(model: nn.Module, module: str, mesh: DeviceMesh) -> None:
+    """Split the layers of ``module``'s slices in ``model`` over the mesh's ``tp`` dimension, if it has one."""
+    if "tp" not in (mesh.mesh_dim_names or ()):
+        return
+    for part in module_slices(model, module):
+        split = getattr(part, "apply_tensor_parallel", None)
+        if split is None:
+            raise ValueError(f"module {module!r}: {type(part).__name__} does not support tensor parallelism (tp > 1)")
+        split(mesh["tp"])
+
+
 def shard_stage(stage: nn.Module, module: str, mesh: DeviceMesh) -> None:
-    """Shard one pipeline stage (or a whole single-module model) of ``module``: its layers, then the stage."""
+    """Split (tp) and shard (dp_shard) one pipeline stage, or a whole single-module model, of ``module``: with
+    FSDP its layers are units, then the stage."""
+    apply_tensor_parallel(stage, module, mesh)
+    fsdp_mesh = _fsdp_mesh(mesh)
+    if fsdp_mesh is None:
+        return
     for layer in _layers(stage, module):
-        _shard(layer, mesh)
-    _shard(stage, mesh)
+        _shard(layer, fsdp_mesh)
+    _shard(stage, fsdp_mesh)
 
 
 def shard_fused_model(model: nn.Module, meshes: Mapping[str, DeviceMesh]) -> None:
-    """Shard the modules of a whole ``MimoModel`` that have a mesh; the others stay replicated (and whole)."""
-    if not meshes:
+    """Split and shard the modules of a whole ``MimoModel`` that have a mesh; the others stay whole."""
+    for module, mesh in meshes.items():
+        apply_tensor_parallel(model, module, mesh)
+    fsdp_meshes = {module: fsdp for module, mesh in meshes.items() if (fsdp := _fsdp_mesh(mesh)) is not None}
+    if not fsdp_meshes:
         return
     # A rank whose microbatch has no rows of a modality must still run that encoder's backward collectives.
-    model.rows_always_in_graph = frozenset(module for module in meshes if module != LANGUAGE_MODULE)
-    for module, mesh in meshes.items():
+    model.rows_always_in_graph = frozenset(module for module in fsdp_meshes if module != LANGUAGE_MODULE)
+    for module, mesh in fsdp_meshes.items():
         for layer in _layers(model, module):
             _shard(layer, mesh)
         if module != LANGUAGE_MODULE:
             _shard(model.modalities[module], mesh)
-    if LANGUAGE_MODULE not in meshes:
+    if LANGUAGE_MODULE not in fsdp_meshes:
         return  # every sharded modality is a root of its own; the language model stays whole
     # Modalities without a mesh stay whole: the root unit leaves their parameters alone (the trainer all-reduces).
-    replicated = {p for name, sub in model.modalities.items() if name not in meshes for p in sub.parameters()}
-    _shard(model, meshes[LANGUAGE_MODULE], replicated)
+    replicated = {p for name, sub in model.modalities.items() if name not in fsdp_meshes for p in sub.parameters()}
+    _shard(model, fsdp_meshes[LANGUAGE_MODULE], replicated)

@@ -32,7 +32,7 @@ from mimo.errors import CommunicationError, NonFiniteError, TrainingError
 from mimo.export import load_consolidated
 from mimo.model.configs import LANGUAGE_MODULE
 from mimo.model.tied import tied_copies
-from mimo.parallel.groups import build_module_groups, build_shard_meshes
+from mimo.parallel.groups import build_module_groups, build_module_meshes
 from mimo.training.data_setup import build_run_data
 from mimo.pipeline.runner import StageLosses
 from mimo.training import grads
@@ -47,7 +47,7 @@ from mimo.training.mimo_step import forward_step, prepare_forward_step_func
 from mimo.training.optim import ModuleOptimizers, apply_freezing, lr_factor, parameters_of, trainable_parameters
 from mimo.training.preemption import PreemptionHandler
 from mimo.training.run_plan import RunPlan
-from mimo.training.sharding import first_replica_holds, is_sharded
+from mimo.training.sharding import counts_once, reduced_by_fsdp
 from mimo.training.state import GlobalState
 from mimo.training.step_totals import StepTotals
 from mimo.training.timers import Timers
@@ -77,9 +77,9 @@ class Trainer:
         self.state = GlobalState(cfg=cfg, timers=timers)
         self.preemption: PreemptionHandler | None = None
         self.stop_requested = False
-        # Collective (one group per shard row and replica column), so before any rank can fail alone below.
-        self.meshes = build_shard_meshes(plan.layouts, ctx.rank, device_type=ctx.device.type,
-                                         timeout=timedelta(seconds=cfg.train.collective_timeout_s))
+        # Collective (one group per line of each mesh dimension), so before any rank can fail alone below.
+        self.meshes = build_module_meshes(plan.layouts, ctx.rank, device_type=ctx.device.type,
+                                          timeout=timedelta(seconds=cfg.train.collective_timeout_s))
         error = None
         try:  # Local set-up: a mistake only some ranks see (their stage's weights, their data) stops them all.
             self._build_local(init_from)
@@ -114,7 +114,8 @@ class Trainer:
         if init_from is not None:
             load_consolidated(self.model, init_from)
         apply_freezing(self.model, [name for name in cfg.optim.freeze if name.split(".")[0] in self.engine.modules])
-        # FSDP2 replaces parameters by sharded DTensors: after loading and freezing, before the optimizers.
+        # Tensor parallelism and FSDP2 replace parameters by DTensors: after loading and freezing, before the
+        # optimizers.
         self.engine.shard(self.meshes)
         self.params_by_module = trainable_parameters(self.model, self.engine.modules)
         self.params = [p for params in self.params_by_module.values() for p in params]
@@ -209,8 +210,10 @@ class Trainer:
 
     @property
     def _feeds(self) -> list[str]:
-        """Modules whose first stage this rank holds (it reads their inputs): where tokens are counted once."""
-        return [m for m, stage in self.engine.role.stages.items() if stage == 0]
+        """Modules whose first stage this rank holds (it reads their inputs) as tensor-parallel rank 0: where tokens
+        are counted once."""
+        role = self.engine.role
+        return [m for m, stage in role.stages.items() if stage == 0 and role.tp_rank[m] == 0]
 
     @property
     def all_modules(self) -> list[str]:
@@ -227,9 +230,9 @@ class Trainer:
             with self._failure("all-reduce of the tied embedding's gradients between the first and last stage"):
                 grads.all_reduce_grads(self.tied_params, self.groups.tied)
         for module, params in self.params_by_module.items():
-            ranks = self.plan.layouts[module].stage_ranks(self.engine.role.stages[module])
+            ranks = self.plan.layouts[module].dp_ranks(self.engine.role.stages[module], self.engine.role.tp_rank[module])
             # Sharded parameters were summed by FSDP in the backward (reduce-scatter, and all-reduce for HSDP).
-            replicated = [p for p in params if not is_sharded(p)]
+            replicated = [p for p in params if not reduced_by_fsdp(p)]
             with self._failure(f"module {module!r}: all-reduce of gradients over its data-parallel ranks {ranks}"):
                 grads.all_reduce_grads(replicated, self.groups.dp_group(module))
         device = self.ctx.device
@@ -245,8 +248,11 @@ class Trainer:
         self._step_tokens = dict.fromkeys(modules, 0)
         # One host-to-device copy for the host-side scalars (each copy waits for the device's queued work).
         host = torch.tensor(stop + waits + module_tokens + module_parameters, dtype=torch.float64).to(device)
+        loss_totals = losses.total(device).double()
+        if not self.engine.role.leads_tensor_parallel:
+            loss_totals = torch.zeros_like(loss_totals)  # its tensor-parallel rank 0 reports the same losses
         totals = torch.cat([
-            losses.total(device).double(), torch.stack(norms).double(), host[:1],
+            loss_totals, torch.stack(norms).double(), host[:1],
             losses.nonfinite(num_microbatches, device), host[1:],
         ])
         if dist.is_initialized():
@@ -262,14 +268,20 @@ class Trainer:
         }
 
     def _counts_norm(self, module: str) -> bool:
-        return self.engine.role.holds(module) and self.engine.role.dp_rank[module] == 0
+        """True on the one rank of each stage of ``module`` that reports its whole parameters' count."""
+        role = self.engine.role
+        return role.holds(module) and role.dp_rank[module] == 0 and role.tp_rank[module] == 0
 
     def _norm_params(self, module: str) -> list[Any]:
-        """The parameters whose gradients this rank adds to ``module``'s squared norm: a whole (replicated)
-        gradient on replica 0 of its stage only, a shard on every shard rank of the mesh's replica 0."""
+        """The parameters whose gradients this rank adds to ``module``'s squared norm: each part of a split
+        gradient once, a copied one on one rank only (``sharding.counts_once``)."""
         params = self.norm_params_by_module.get(module, [])
-        counts_whole = self._counts_norm(module)
-        return [p for p in params if (first_replica_holds(p) if is_sharded(p) else counts_whole)]
+        if not params:
+            return []
+        layout, role = self.plan.layouts[module], self.engine.role
+        replica, shard = layout.replica_and_shard(role.dp_rank[module])
+        coordinates = {"dp": replica, "dp_shard": shard, "tp": role.tp_rank[module]}
+        return [p for p in params if counts_once(p, coordinates)]
 
     def _nonfinite_problem(self, loss: float, module_norms: dict[str, float], bad_microbatch: int) -> str:
         step = self.state.train_state.step + 1
@@ -286,13 +298,17 @@ class Trainer:
         logger.warning("%s; update skipped on every rank (train.on_nonfinite=skip)", problem)
 
     def _sharded_collectives(self, what: str) -> AbstractContextManager[None]:
-        """FSDP gathers weights and reduces gradients inside the forward and backward of a sharded module, so a
-        peer that dies there is reported like any other collective. Without sharding nothing is wrapped: a
-        RuntimeError in a forward is then a bug to show as it is, not a peer to blame."""
+        """FSDP gathers weights and reduces gradients, and tensor parallelism sums partial results, inside the
+        forward and backward of a module with a mesh, so a peer that dies there is reported like any other
+        collective. Without a mesh nothing is wrapped: a RuntimeError in a forward is then a bug to show as it
+        is, not a peer to blame."""
         if not self.meshes:
             return nullcontext()
         modules = ", ".join(f"module {module!r}" for module in self.meshes)
-        return self._failure(f"{what} ({modules}: FSDP gathers and reduces over the shard ranks)")
+        dims = {name for mesh in self.meshes.values() for name in mesh.mesh_dim_names or ()}
+        work = [text for dim, text in (("dp_shard", "FSDP gathers and reduces over the shard ranks"),
+                                       ("tp", "tensor parallelism sums over the tp ranks")) if dim in dims]
+        return self._failure(f"{what} ({modules}: {' and '.join(work)})")
 
     @contextmanager
     def _failure(self, what: str) -> Iterator[None]:
@@ -371,7 +387,9 @@ class Trainer:
             for _ in range(batches):
                 microbatches = self.validation_loader.next_step() if self.validation_loader is not None else None
                 with self._sharded_collectives("the validation forward"):
-                    totals += self.engine.evaluate(microbatches).total(self.ctx.device)
+                    losses = self.engine.evaluate(microbatches)
+                if self.engine.role.leads_tensor_parallel:  # the rest of its tensor-parallel group repeats it
+                    totals += losses.total(self.ctx.device)
             if dist.is_initialized():
                 with self._failure("all-reduce of the validation loss"):
                     dist.all_reduce(totals)

@@ -13,6 +13,7 @@ from mimo.data import (
     tokens_per_sample,
     validate_sample,
 )
+from mimo.data.format import text_keys_for_stage
 from tests.unit.data.helpers import AUDIO_PLACEHOLDER, hand_sample, image_audio_config
 
 
@@ -82,6 +83,29 @@ def test_select_fields_keeps_requested_modalities_and_drops_text():
     assert sorted(select_fields(sample)) == sorted(sample)
     with pytest.raises(ValueError, match=r"requested modalities \['video'\] are not in the data"):
         select_fields(sample, modalities=["video"])
+
+
+def test_select_fields_keeps_only_the_named_text_fields():
+    sample = hand_sample(1, [4])
+    selected = select_fields(sample, modalities=[], include_text=("loss_mask", "labels"))
+    assert sorted(selected) == ["labels", "loss_mask", "modality_inputs"]
+    assert selected["labels"] is sample["labels"] and selected["modality_inputs"] == {}
+    assert sorted(select_fields(sample, include_text="input_ids")) == ["input_ids", "modality_inputs"]
+    with pytest.raises(ValueError, match=r"unknown text fields \['label'\]"):
+        select_fields(sample, include_text=["label", "loss_mask"])
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "keys"),
+    [
+        (True, False, ("input_ids", "position_ids")),
+        (False, True, ("labels", "loss_mask")),
+        (True, True, ("input_ids", "labels", "loss_mask", "position_ids")),
+        (False, False, ()),
+    ],
+)
+def test_a_language_stage_reads_only_the_text_fields_its_forward_uses(first, last, keys):
+    assert text_keys_for_stage(first=first, last=last) == keys
 
 
 def test_item_token_counts_follow_the_encoder_rules():

@@ -116,8 +116,23 @@ def test_modalities_and_include_text_select_fields(selective):
     text_only = _loader(source, num_microbatches=2, modalities=[])
     for got, text, want in zip(partial.next_step(), text_only.next_step(), full.next_step(), strict=True):
         assert_same_tree(got, select_fields(want, modalities=["audio"], include_text=False))
-        assert_same_tree(text, select_fields(want, modalities=[]))
+        assert_same_tree(text, {key: value for key, value in want.items() if key != "modality_inputs"})
         assert sorted(got) == ["modality_inputs"] and sorted(got["modality_inputs"]) == ["audio"]
+
+
+@pytest.mark.parametrize("selective", [True, False])
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_rank_naming_text_fields_collates_only_those(selective, workers):
+    dataset = _dataset()
+    source = dataset if selective else _RecordingDataset(dataset)
+    full = _loader(dataset, num_microbatches=2)
+    labels_only = _loader(source, num_microbatches=2, modalities=[], include_text=("loss_mask", "labels"),
+                          num_workers=workers)
+    for got, want in zip(labels_only.next_step(), full.next_step(), strict=True):
+        assert sorted(got) == ["labels", "loss_mask"]
+        assert_same_tree(got, {key: want[key] for key in ("labels", "loss_mask")})
+    with pytest.raises(ValueError, match=r"unknown text fields \['mask'\]"):
+        _loader(source, include_text=["mask"])
 
 
 @pytest.mark.parametrize(

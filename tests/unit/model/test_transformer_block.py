@@ -24,13 +24,14 @@ def _reference_block(block: TransformerBlock, x: Tensor, allowed: Tensor) -> Ten
     head_dim = HIDDEN // HEADS
     for row, row_allowed in zip(x, allowed):
         h = _rms_norm(row, block.attention_norm.weight)
-        q, k, v = (h @ block.qkv.weight.T + block.qkv.bias).split(HIDDEN, dim=-1)
+        qkv = h @ block.qkv.weight.T + block.qkv.bias
         heads = []
         for head in range(HEADS):
-            cols = slice(head * head_dim, (head + 1) * head_dim)
-            scores = q[:, cols] @ k[:, cols].T / math.sqrt(head_dim)
+            # Head-major fused projection: head n's query, key and value are its K columns in that order.
+            q, k, v = qkv[:, 3 * head * head_dim : 3 * (head + 1) * head_dim].split(head_dim, dim=-1)
+            scores = q @ k.T / math.sqrt(head_dim)
             scores = scores.masked_fill(~row_allowed, float("-inf"))
-            heads.append(torch.softmax(scores, dim=-1) @ v[:, cols])
+            heads.append(torch.softmax(scores, dim=-1) @ v)
         row = row + torch.cat(heads, dim=-1) @ block.attention_out.weight.T + block.attention_out.bias
         up, down = block.mlp[0], block.mlp[2]
         hidden = torch.nn.functional.gelu(_rms_norm(row, block.mlp_norm.weight) @ up.weight.T + up.bias)

@@ -110,7 +110,12 @@ def test_valid_non_colocated_and_colocated_layouts() -> None:
             2,
             r"micro_batch_size 2 is not divisible by dp 4 of module 'images'",
         ),
-        ({"language": L(tp=2)}, 2, 4, r"tp > 1 is not supported yet, got tp \{'language': 2\}"),
+        (
+            {"images": L(dp=2), "language": L(tp=2)},
+            2,
+            4,
+            r"colocated modules .* must have the same tp, got tp \{'images': 1, 'language': 2\}",
+        ),
         (
             {"images": L(pp=2), "language": L(pp=2)},
             2,
@@ -154,7 +159,8 @@ def test_single_module_is_never_colocated() -> None:
 def test_roles_non_colocated() -> None:
     layouts = {"images": L(pp=2), "language": L(dp=2, pp=2, rank_offset=2)}
     roles = {rank: role_of(rank, layouts) for rank in range(6)}
-    assert roles[0] == RankRole(rank=0, stages={"images": 0}, dp_rank={"images": 0}, num_stages={"images": 2})
+    assert roles[0] == RankRole(rank=0, stages={"images": 0}, dp_rank={"images": 0}, num_stages={"images": 2},
+                                tp_rank={"images": 0})
     assert roles[0].needs_modality_data("images") and not roles[1].needs_modality_data("images")
     assert roles[1].is_last_stage("images") and not roles[1].holds("language")
     assert [rank for rank, role in roles.items() if role.needs_tokens] == [2, 3]

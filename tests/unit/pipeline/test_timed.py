@@ -63,6 +63,47 @@ def test_send_cost_keeps_the_sender_busy() -> None:
     assert result.ranks[0].comm_s == pytest.approx(0.25) and result.ranks[1].comm_s == pytest.approx(0.25)
 
 
+def test_a_rank_entering_late_is_idle_until_then_and_delays_the_ranks_that_wait_for_it() -> None:
+    # The 2-stage, 1-microbatch step of the test above, with rank 0 entering at 1.5: its F0 runs 1.5-2.5 and
+    # everything after shifts by 1.5 (step 8.0); rank 1 waits in its receive until 2.75.
+    stages = {("language", s): StageCost(1.0, 2.0, 0.25, 0.25) for s in (0, 1)}
+    topology = default_topology(["language"])
+    schedule = build_train_schedule(PP2, topology, 1)
+    result = simulate_timed(schedule, PP2, topology, 4, Costs(stages), start_s={0: 1.5})
+    assert result.step_time_s == pytest.approx(8.0)
+    starts = {(t.rank, str(t.action)): t.start_s for t in result.actions}
+    assert starts[(0, "language.0F0")] == pytest.approx(1.5) and starts[(1, "language.1F0")] == pytest.approx(2.75)
+    assert result.idle_s(0) == pytest.approx(1.5 + 3.25)  # before F0, then in RECV_B0 from 2.75 until 6.0
+    assert result.idle_s(1) == pytest.approx(2.75 + 2.0)  # in RECV_F0, then done at 6.0
+    with pytest.raises(ValueError, match=r"start times must be >= 0.*\{1: -0.5\}"):
+        simulate_timed(schedule, PP2, topology, 4, Costs(stages), start_s={1: -0.5})
+
+
+class _PerRank:
+    """Costs that differ between two replicas of one stage (what pooling per stage cannot express)."""
+
+    def __init__(self, forward: dict[int, float]) -> None:
+        self.forward = forward
+
+    def local_cost(self, rank: int, action) -> float:
+        return self.forward.get(rank, 1.0) if action.kind is F else 1.0 if action.kind is B else 0.0
+
+    def transfer_cost(self, rank: int, action, hops) -> float:
+        return 0.0
+
+
+def test_costs_are_asked_per_rank_so_replicas_of_a_stage_may_differ() -> None:
+    # Fan-in: two image replicas (ranks 0, 1) feed one language rank (2) that waits for both.
+    layouts = {"images": L(dp=2), "language": L(rank_offset=2)}
+    topology = default_topology(list(layouts))
+    schedule = build_train_schedule(layouts, topology, 1)
+    result = simulate_timed(schedule, layouts, topology, 4, _PerRank({0: 1.0, 1: 3.0}))
+    starts = {(t.rank, str(t.action)): t.start_s for t in result.actions}
+    assert starts[(2, "language.0F0")] == pytest.approx(3.0)  # after the slower replica's forward
+    assert result.step_time_s == pytest.approx(6.0)  # rank 2: F 3-4, B 4-5; replicas' B 5-6
+    assert result.idle_s(0) == pytest.approx(4.0) and result.idle_s(1) == pytest.approx(2.0)
+
+
 def test_compute_only_drops_communication_costs() -> None:
     costs = Costs({("language", 0): StageCost(1.0, 2.0, 0.5, 0.5)}, {Hop(F, ("a", 0), ("b", 0)): 1.0})
     ideal = costs.compute_only()

@@ -13,7 +13,7 @@ from mimo.pipeline.actions import ActionKind, format_actions
 from mimo.pipeline.schedules import build_train_schedule
 from mimo.pipeline.timed import Costs, Hop, StageCost, TimedResult, simulate_timed
 from mimo.tracing.analysis import (
-    CostSamples,
+    RankSamples,
     action_spans,
     compare,
     measure_step,
@@ -21,6 +21,7 @@ from mimo.tracing.analysis import (
     measured_samples,
     plan_of,
     predict_with_spread,
+    rank_samples,
     traced_steps,
 )
 from mimo.tracing.files import load_trace, merge_parts, part_path, trace_path, write_json
@@ -38,19 +39,24 @@ COSTS = Costs(
     transfer_s={Hop(F, ("images", 0), ("language", 0)): 0.001, Hop(F, ("language", 0), ("language", 1)): 0.001,
                 Hop(B, ("language", 1), ("language", 0)): 0.002, Hop(B, ("language", 0), ("images", 0)): 0.002},
 )
-PLAN = {"layouts": {name: {"dp": l.dp, "pp": l.pp, "tp": l.tp, "rank_offset": l.rank_offset}
-                    for name, l in LAYOUTS.items()},
-        "topology": {m: list(TOPOLOGY.successors(m)) for m in TOPOLOGY.modules}, "micro_batch_size": MBS}
+FAN_IN = {"images": L(dp=2), "language": L(pp=2, rank_offset=2)}
 
 
-def _schedule():
-    return build_train_schedule(LAYOUTS, TOPOLOGY, MICROBATCHES)
+def _plan(layouts) -> dict:
+    topology = default_topology(list(layouts))
+    return {"layouts": {name: {"dp": l.dp, "pp": l.pp, "tp": l.tp, "rank_offset": l.rank_offset}
+                        for name, l in layouts.items()},
+            "topology": {m: list(topology.successors(m)) for m in topology.modules}, "micro_batch_size": MBS}
+
+
+def _schedule(layouts=LAYOUTS):
+    return build_train_schedule(layouts, default_topology(list(layouts)), MICROBATCHES)
 
 
 def _parts(result: TimedResult, steps: list[int], *, monotonic_base: dict[int, int] | None = None,
-           host: dict[int, str] | None = None, outside_s: float = 0.003) -> list[dict]:
+           host: dict[int, str] | None = None, outside_s: float = 0.003, layouts=LAYOUTS) -> list[dict]:
     """Rank parts as the recorder writes them, with every step's actions exactly where the model puts them."""
-    schedule, ns = _schedule(), 1_000_000_000
+    schedule, ns = _schedule(layouts), 1_000_000_000
     parts = []
     for rank, actions in schedule.items():
         base = (monotonic_base or {}).get(rank, 10 * ns)
@@ -68,7 +74,7 @@ def _parts(result: TimedResult, steps: list[int], *, monotonic_base: dict[int, i
         parts.append({"format": PART_FORMAT, "rank": rank, "window": [steps[0], steps[-1]],
                       "clock": {"monotonic_ns": base, "wall_ns": wall, "host": (host or {}).get(rank, "one"),
                                 "boot_id": "b"},
-                      "spans": spans, "actions": format_actions(actions), "stage": "", "plan": PLAN})
+                      "spans": spans, "actions": format_actions(actions), "stage": "", "plan": _plan(layouts)})
     return parts
 
 
@@ -146,17 +152,51 @@ def test_replays_with_drawn_costs_equal_the_model_when_costs_do_not_vary_and_gro
 ) -> None:
     trace = merge_parts(_parts(modelled, [2, 3, 4]))
     plan = plan_of(trace)
-    samples = measured_samples(trace, plan)
+    samples = rank_samples(trace, plan)
+    assert samples.entry_s == {0: 0.0, 1: 0.0, 2: 0.0}
     steady = predict_with_spread(plan, samples, replays=5)
     assert steady.pipeline_s == pytest.approx(modelled.step_time_s, abs=1e-7)
     for rank in _schedule():
         assert steady.idle_fraction[rank] == pytest.approx(modelled.idle_fraction(rank), abs=1e-5)
     # Same mean language.0 forward, but a third of them 3x as long: the pipeline waits on the slow ones.
-    key = (("language", 0), ActionKind.F)
-    typical = samples.stages[key][0]
-    spread = {**samples.stages, key: [typical * 0.5, typical * 0.5, typical * 2.0]}
-    noisy = CostSamples(spread, samples.transfers)
-    assert noisy.means().stages[("language", 0)].forward_s == pytest.approx(typical)
-    mean_replay = simulate_timed(plan.schedule, plan.layouts, plan.topology, plan.micro_batch_size, noisy.means())
-    assert predict_with_spread(plan, noisy).pipeline_s > mean_replay.step_time_s
+    key = (1, "language", 0, ActionKind.F)
+    typical = samples.durations[key][0]
+    noisy = RankSamples({**samples.durations, key: [typical * 0.5, typical * 0.5, typical * 2.0]}, samples.entry_s)
+    assert predict_with_spread(plan, noisy).pipeline_s > modelled.step_time_s
     assert predict_with_spread(plan, noisy) == predict_with_spread(plan, noisy)  # seeded: reproducible
+
+
+def test_a_rank_that_enters_late_is_predicted_late() -> None:
+    # The image rank enters 10 ms after the language ranks (its previous step ended later): idle before its
+    # first action, and the language ranks wait longer for its activations.
+    late = simulate_timed(_schedule(), LAYOUTS, TOPOLOGY, MBS, COSTS, start_s={0: 0.010})
+    trace = merge_parts(_parts(late, [2, 3, 4]))
+    plan = plan_of(trace)
+    assert rank_samples(trace, plan).entry_s == pytest.approx({0: 0.010, 1: 0.0, 2: 0.0}, abs=1e-9)
+    comparison = compare(trace)
+    assert comparison.spread.pipeline_s == pytest.approx(comparison.measured_pipeline_s, abs=1e-7)
+    assert comparison.predicted.step_time_s == pytest.approx(comparison.measured_pipeline_s, abs=1e-7)
+    on_time = simulate_timed(_schedule(), LAYOUTS, TOPOLOGY, MBS, COSTS)
+    for rank in _schedule():
+        assert comparison.spread.idle_fraction[rank] == pytest.approx(comparison.measured_idle_fraction(rank), abs=1e-5)
+        # Every rank entering at 0 would predict each rank 5-9 points less idle than measured.
+        assert comparison.measured_idle_fraction(rank) > on_time.idle_fraction(rank) + 0.05
+
+
+class _ReplicaCosts:
+    """COSTS, except that image replica 1 takes 3x as long as replica 0 for its forward and backward."""
+
+    def local_cost(self, rank: int, action) -> float:
+        return COSTS.local_cost(rank, action) * (3.0 if rank == 1 and action.kind.is_compute else 1.0)
+
+    def transfer_cost(self, rank: int, action, hops) -> float:
+        return COSTS.transfer_cost(rank, action, hops)
+
+
+def test_replicas_of_a_stage_keep_their_own_costs() -> None:
+    fan_in = simulate_timed(_schedule(FAN_IN), FAN_IN, default_topology(list(FAN_IN)), MBS, _ReplicaCosts())
+    assert fan_in.idle_fraction(0) > fan_in.idle_fraction(1) + 0.05
+    comparison = compare(merge_parts(_parts(fan_in, [2, 3], layouts=FAN_IN)))
+    for rank in (0, 1, 2, 3):
+        assert comparison.spread.idle_fraction[rank] == pytest.approx(fan_in.idle_fraction(rank), abs=1e-5)
+    assert comparison.spread.pipeline_s == pytest.approx(fan_in.step_time_s, abs=1e-7)

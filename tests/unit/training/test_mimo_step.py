@@ -156,3 +156,9 @@ def test_prepare_forward_step_func_rejects_other_arities():
 def test_get_batch_refuses_a_re_iterable_that_would_restart():
     with pytest.raises(TypeError, match="get_batch needs an iterator, got list"):
         get_batch([{"x": torch.ones(1)}])
+
+
+def test_forward_step_names_the_keys_when_the_loss_stage_batch_lacks_the_loss_mask():
+    model = _StubStage(is_loss_stage=True, needs_data=True, output=torch.ones(1, 4))
+    with pytest.raises(ValueError, match=r"no 'loss_mask' \(it has \['labels'\]\)"):
+        forward_step(_state(), iter([{"labels": torch.zeros(1, 4, dtype=torch.long)}]), model)

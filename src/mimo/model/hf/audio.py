@@ -14,12 +14,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed.device_mesh import DeviceMesh
 from transformers import AutoConfig, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoderLayer
 
 from mimo.model.compute import run_layer
 from mimo.model.encoder_layers import check_hidden, check_layer_range, missing_part_error
 from mimo.model.hf.encoder_config import HFEncoderConfig
+from mimo.model.hf.tensor_parallel import encoder_layer_plan, parallelize, tp_size
 from mimo.model.hf.weights import WeightFiles, empty_parameters, materialize
 from mimo.model.types import EncoderOutput, check_items_per_sample, sum_per_sample
 
@@ -100,6 +102,16 @@ class HFAudioEncoder(nn.Module):
     def has_head(self) -> bool:
         # Not ``layer_norm is not None``: with an earlier feature_layer the head is empty but still owns finish.
         return self._has_head
+
+    def apply_tensor_parallel(self, mesh: DeviceMesh) -> None:
+        """Split each held layer's attention heads and MLP (``fc1``/``fc2``) over the 1-D ``("tp",)`` ``mesh``,
+        in place (see ``mimo.model.hf.tensor_parallel``); ``WhisperAttention.num_heads`` becomes the local count,
+        since its forward views keys and values with it. The convolutions, positions and layer norms stay plain
+        and replicated; inputs and outputs stay plain tensors, the same on every rank of the mesh."""
+        tp = tp_size(self, mesh, "hf audio encoder")
+        self.config.check_tensor_parallel(tp)
+        for layer in self.encoder.layers.values():
+            parallelize(layer, mesh, encoder_layer_plan(""), [layer.self_attn])
 
     def forward(self, features: Tensor, lengths: Tensor, items_per_sample: Tensor) -> EncoderOutput:
         """Encode ``features [N, T, F]`` with ``lengths [N]`` valid frames into sample-major token rows."""

@@ -35,6 +35,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "image_size": 224,
         "patch_size": 16,
         "num_channels": 3,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
     },
     "clip_vision_model": {
         "hidden_size": 768,
@@ -42,8 +44,17 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "image_size": 224,
         "patch_size": 32,
         "num_channels": 3,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
     },
-    "whisper": {"d_model": 384, "encoder_layers": 4, "num_mel_bins": 80, "max_source_positions": 1500},
+    "whisper": {
+        "d_model": 384,
+        "encoder_layers": 4,
+        "num_mel_bins": 80,
+        "max_source_positions": 1500,
+        "encoder_attention_heads": 6,
+        "encoder_ffn_dim": 1536,
+    },
 }
 
 _WHISPER_DOWNSAMPLE = 2
@@ -142,9 +153,35 @@ class HFEncoderConfig:
         return self.feature_layer % (self.hf_num_layers + 1)
 
     @property
+    def num_heads(self) -> int:
+        """Attention heads per layer."""
+        return int(self._tower_value(self._split_keys[0]))
+
+    @property
+    def mlp_size(self) -> int:
+        """Width of each layer's MLP (``fc1``'s outputs)."""
+        return int(self._tower_value(self._split_keys[1]))
+
+    @property
+    def _split_keys(self) -> tuple[str, str]:
+        """config.json's names of the sizes tensor parallelism splits: heads, MLP width."""
+        if self.input_kind == "audio":
+            return "encoder_attention_heads", "encoder_ffn_dim"
+        return "num_attention_heads", "intermediate_size"
+
+    @property
     def uses_last_layer(self) -> bool:
         """Whether the features are the last layer's (then Whisper applies its final layer_norm, as HF does)."""
         return self.num_layers == self.hf_num_layers
+
+    def check_tensor_parallel(self, tp: int, *, owner: str | None = None) -> None:
+        """ValueError (one line) unless ``tp`` ranks can split the attention heads and the MLP width evenly.
+
+        ``owner`` names the encoder in the message (e.g. ``model.modalities.images.encoders.vit``); by default
+        the folder.
+        """
+        heads, mlp = self._split_keys
+        _check_divides(tp, {heads: self.num_heads, mlp: self.mlp_size}, owner or f"hf encoder {self.hf!r}")
 
     # --- vision ----------------------------------------------------------------------------------------------
 
@@ -213,3 +250,16 @@ class HFEncoderConfig:
         if self.input_kind != "audio":
             raise AttributeError(f"{self.model_type!r} is a vision encoder and has no audio sizes")
         return self._tower_value(key)
+
+
+def _check_divides(tp: int, sizes: dict[str, int], owner: str) -> None:
+    """ValueError naming ``owner``, ``tp`` and every size in ``sizes`` that ``tp`` does not divide.
+
+    A copy of ``language_config.check_divides``: this module may import only ``folder`` (a test keeps it pure).
+    """
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        raise ValueError(f"{owner}: tp must be a positive integer, got {tp!r}")
+    bad = [f"{name}={size}" for name, size in sizes.items() if size % tp]
+    if bad:
+        nor = f" (nor {', '.join(bad[1:])})" if len(bad) > 1 else ""
+        raise ValueError(f"{owner}: tp={tp} does not divide {bad[0]}{nor}")

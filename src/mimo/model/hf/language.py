@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import Replicate
+from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel
 
 from mimo.model.compute import fp32_region, run_layer
 from mimo.model.encoder_layers import check_layer_range, missing_part_error
 from mimo.model.hf.language_config import HFLanguageConfig
+from mimo.model.hf.tensor_parallel import decoder_layer_plan, parallelize, prefixed, tp_size
 from mimo.model.hf.weights import WeightFiles, empty_parameters, materialize
 
 __all__ = ["HFLanguageSlice", "IGNORE_INDEX", "check_structure", "per_token_loss"]
@@ -154,6 +158,28 @@ class HFLanguageSlice(nn.Module):
         if self.lm_head is not None:
             self.lm_head.out_features = self.config.vocab_size
         self.hf_config.vocab_size = self.config.vocab_size
+
+    def apply_tensor_parallel(self, mesh: DeviceMesh) -> None:
+        """Split this slice over the 1-D ``("tp",)`` ``mesh`` in place (see ``mimo.model.hf.tensor_parallel``).
+
+        Each layer's attention heads and MLP are split. Untied, the embedding is split by vocabulary rows
+        (``RowwiseParallel``: each rank looks up its rows, an all-reduce sums them) and the head by vocabulary
+        columns (``ColwiseParallel``, logits all-gathered): both are DTensor parameters, ``Shard(0)``, uneven when
+        tp does not divide the vocabulary. Tied (here or across pipeline stages), both stay plain and replicated,
+        so the tie and the trainer's summing of the tied copies' gradients work as without tp. Inputs and outputs
+        stay plain tensors, the same on every rank of the mesh.
+        """
+        tp = tp_size(self, mesh, "model.language")
+        self.config.check_tensor_parallel(tp)
+        plan: dict[str, ParallelStyle] = {}
+        for index in self.layer_indices:
+            plan.update(prefixed(f"model.layers.{index}", decoder_layer_plan()))
+        if not self.config.tie_word_embeddings:
+            if self.has_embedding:
+                plan["model.embed_tokens"] = RowwiseParallel(input_layouts=Replicate())
+            if self.has_head:
+                plan["lm_head"] = ColwiseParallel(output_layouts=Replicate())
+        parallelize(self, mesh, plan, [layer.self_attn for layer in self.model.layers.values()])
 
     def embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
         """``[B, S]`` token ids -> ``[B, S, H]`` (positions enter through the rotary embedding, per layer)."""

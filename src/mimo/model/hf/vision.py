@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.device_mesh import DeviceMesh
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer, CLIPVisionEmbeddings
 from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer, SiglipVisionEmbeddings
@@ -21,6 +22,7 @@ from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer, Sigli
 from mimo.model.compute import run_layer
 from mimo.model.encoder_layers import check_hidden, check_layer_range, missing_part_error
 from mimo.model.hf.encoder_config import HFEncoderConfig
+from mimo.model.hf.tensor_parallel import encoder_layer_plan, parallelize, tp_size
 from mimo.model.hf.weights import WeightFiles, empty_parameters, materialize
 from mimo.model.types import EncoderOutput, check_items_per_sample
 
@@ -118,6 +120,15 @@ class HFVisionEncoder(nn.Module):
     def sequence_length(self) -> int:
         """Tokens per image inside the tower: the patches, after CLIP's class token."""
         return (self.config.image_size // self.config.patch_size) ** 2 + int(self.config.has_cls_token)
+
+    def apply_tensor_parallel(self, mesh: DeviceMesh) -> None:
+        """Split each held layer's attention heads and MLP over the 1-D ``("tp",)`` ``mesh``, in place (see
+        ``mimo.model.hf.tensor_parallel``). Embeddings and layer norms stay plain and replicated; inputs and
+        outputs stay plain tensors, the same on every rank of the mesh."""
+        tp = tp_size(self, mesh, "hf vision encoder")
+        self.config.check_tensor_parallel(tp)
+        for layer in self.tower.encoder["layers"].values():
+            parallelize(layer, mesh, encoder_layer_plan("mlp."), [layer.self_attn])
 
     def forward(self, pixel_values: Tensor, items_per_sample: Tensor) -> EncoderOutput:
         """Encode ``[N, C, H, W]`` images (in sample order) into ``[N * tokens_per_image, D]`` rows."""

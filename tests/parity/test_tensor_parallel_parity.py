@@ -1,0 +1,82 @@
+"""Tensor parallelism (``tp``) trains exactly like one process (loss and weights, fp32, 1e-5).
+
+Same oracle as ``test_layout_parity``: 3 SGD steps (one AdamW case) on gloo processes against ``reference_run``;
+then a checkpoint saved under ``dp_shard: 2`` + ``tp: 2`` resumed under ``dp: 1`` and under a colocated layout.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.distributed.test_checkpoint_resume import _raw, _run
+from tests.parity.harness import assert_adamw_run_matches, assert_same_training, distributed_run
+from tests.parity.reference import reference_run
+from tests.parity.test_layout_parity import STEPS, _config
+from tests.parity.test_sharded_parity import _fresh, _initial
+
+pytestmark = pytest.mark.distributed
+
+
+def _entry(dp: int = 1, pp: int = 1, offset: int = 0, shard: int = 1, tp: int = 1) -> dict[str, int]:
+    return {"dp": dp, "pp": pp, "rank_offset": offset, "dp_shard": shard, "tp": tp}
+
+
+CASES = {
+    # the language model split over two ranks, fed by one image rank (the bridge sends once, to tp rank 0)
+    "images1_language_tp2": (3, _config(layout={"images": _entry(), "language": _entry(offset=1, tp=2)})),
+    # the encoder split: its two ranks send one copy of the rows, fan-in into one language rank
+    "images_tp2_language1": (3, _config(layout={"images": _entry(tp=2), "language": _entry(offset=2)})),
+    # colocated, both split over the same two ranks
+    "colocated_tp2": (2, _config(layout={"images": _entry(tp=2), "language": _entry(tp=2)})),
+    # pipeline stages split: stage-to-stage hops go tp rank 0 to tp rank 0, relayed inside each stage
+    "images1_language_pp2_tp2": (5, _config(layout={"images": _entry(), "language": _entry(pp=2, offset=1, tp=2)})),
+    # FSDP2 over tensor-parallel DTensors (a 2-D mesh, strided shards) with two replicas reading their own
+    # samples; the first step is clipped, so the norm must take every part of every split gradient once
+    "images1_language_dp_shard2_tp2": (
+        5, {**_config(layout={"images": _entry(), "language": _entry(offset=1, shard=2, tp=2)}),
+            "optim": {"default": {"name": "sgd", "lr": 0.5}, "lr_schedule": {"decay": "constant"}, "clip_grad": 1.0}}
+    ),
+    # replicas of a split module: gradients summed over the ranks holding the same tensor-parallel part
+    "images_tp2_language_dp2_tp2": (
+        6, _config(layout={"images": _entry(tp=2), "language": _entry(dp=2, offset=2, tp=2)})
+    ),
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_tensor_parallel_layout_matches_single_process_reference(case, tmp_path):
+    world_size, raw = CASES[case]
+    ref_losses, ref_weights = reference_run(raw, STEPS)
+    losses, weights = distributed_run(raw, STEPS, world_size=world_size, tmp_path=tmp_path)
+    assert all(rank_losses == losses[0] for rank_losses in losses), f"ranks disagree on the loss: {losses}"
+    assert_same_training(losses[0], weights, ref_losses, ref_weights, initial=_initial(raw))
+
+
+@pytest.mark.timeout(120)
+def test_tensor_parallel_adamw_matches_reference(tmp_path):
+    """AdamW state of split parameters, with clipping over a norm summed from the parts: loss 1e-5, weights 1e-4."""
+    raw = {
+        **_config(layout={"images": _entry(tp=2), "language": _entry(offset=2, tp=2)}),
+        "optim": {"default": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.01},
+                  "modules": {"images": {"name": "adamw", "lr": 1e-2, "beta2": 0.99}},
+                  "lr_schedule": {"warmup_steps": 2, "decay": "constant"}, "clip_grad": 1.0},
+    }
+    assert_adamw_run_matches(raw, STEPS, world_size=4, tmp_path=tmp_path, initial=_initial(raw), max_lr=1e-2)
+
+
+# --- Checkpoints: DCP reshards tensor-parallel and FSDP2 DTensors to whole tensors ------------------------------
+
+SPLIT = {"images": _entry(), "language": _entry(offset=1, shard=2, tp=2)}  # 5 ranks
+PLAIN = {"images": _entry(), "language": _entry(offset=1)}  # 2 ranks
+
+
+@pytest.mark.timeout(180)
+def test_dp_shard_tp_checkpoint_resumes_under_dp1_and_colocated(tmp_path):
+    full = _run(5, _raw(SPLIT, tmp_path / "full"), _fresh(tmp_path / "store-full"))
+    checkpoint = str(tmp_path / "full" / "checkpoints" / "step_00000003")
+    for name, layout, world in (("dp1", PLAIN, 2), ("colocated", {}, 2)):
+        again = _run(world, _raw(layout, tmp_path / name), _fresh(tmp_path / f"store-{name}"), resume=checkpoint)
+        assert len(again) == 3
+        for got, want in zip(again, full[3:]):
+            assert abs(got - want) <= 1e-6 * abs(want), (name, again, full[3:])

@@ -273,13 +273,14 @@ class MimoConfig:
             raise ValueError(f"layout.{module}.tp must be a positive integer, got {tp!r}")
         if tp == 1:
             return
-        parts = {"language": self.model.language} if module == LANGUAGE_MODULE else self._encoders_of(module)
-        for part, spec in parts.items():
+        parts = ({"model.language": self.model.language} if module == LANGUAGE_MODULE else
+                 {f"model.modalities.{module}.encoders.{name}": spec for name, spec in self._encoders_of(module).items()})
+        for owner, spec in parts.items():
             check = getattr(spec, "check_tensor_parallel", None)
             if check is None:
-                raise ValueError(f"layout.{module}.tp={tp}: {type(spec).__name__} ({part}) does not support tensor "
+                raise ValueError(f"layout.{module}.tp={tp}: {owner} ({type(spec).__name__}) does not support tensor "
                                  "parallelism; use tp 1 for this module")
-            check(tp)
+            check(tp, owner=owner)
 
     def __post_init__(self) -> None:
         modules = self.model.module_names

@@ -94,6 +94,9 @@ CASES = {
     "fan_out_images_dp1_language_dp2": Case(3, _layout(images=(1, 1, 0), language=(2, 1, 1))),
     "images_pp2_language_pp2": Case(4, _layout(images=(1, 2, 0), language=(1, 2, 2))),
     "images_dp2_language_dp2_pp2": Case(6, _layout(images=(2, 1, 0), language=(2, 2, 2))),  # two tied pairs
+    # SigLIP's layers split over 2 ranks; the Llama split over 2 and sharded over 2 more (FSDP2 on a 2-D mesh)
+    "images_tp2_language_dp_shard2_tp2": Case(6, {"images": {"tp": 2}, "language": {"rank_offset": 2, "dp_shard": 2,
+                                                                                   "tp": 2}}),
     # Two encoders merged per sample (SigLIP's rows, then CLIP's), CLIP's CLS dropped, other feature choices.
     "siglip_clip_language_pp2": Case(
         3, IMAGES_LANGUAGE_PP2, image_encoders={"siglip": {"post_layernorm": True}, "clip": {"feature_layer": -2}},

@@ -69,10 +69,9 @@ class LanguageModelConfig:
                 f"language.hidden_size ({self.hidden_size}) must be divisible by language.num_heads ({self.num_heads})"
             )
 
-    def check_tensor_parallel(self, tp: int) -> None:
-        """ValueError unless ``tp`` divides the heads, the MLP width and the vocabulary (what it splits)."""
-        check_divides("model.language", tp, {"num_heads": self.num_heads, "mlp width": self.mlp_ratio * self.hidden_size,
-                                             "vocab_size": self.vocab_size})
+    def check_tensor_parallel(self, tp: int, *, owner: str = "model.language") -> None:
+        """ValueError unless ``tp`` divides the heads and the MLP width (the vocabulary may split unevenly)."""
+        check_divides(tp, {"num_heads": self.num_heads, "mlp width": self.mlp_ratio * self.hidden_size}, owner)
 
 
 @dataclass(kw_only=True)
@@ -108,9 +107,9 @@ class VisionEncoderConfig:
                 f"vision encoder hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
             )
 
-    def check_tensor_parallel(self, tp: int) -> None:
+    def check_tensor_parallel(self, tp: int, *, owner: str = "vision encoder") -> None:
         """ValueError unless ``tp`` divides the heads and the MLP width (what it splits)."""
-        check_divides("vision encoder", tp, {"num_heads": self.num_heads, "mlp width": self.mlp_ratio * self.hidden_size})
+        check_divides(tp, {"num_heads": self.num_heads, "mlp width": self.mlp_ratio * self.hidden_size}, owner)
 
     @property
     def tokens_per_image(self) -> int:
@@ -152,9 +151,9 @@ class AudioEncoderConfig:
                 f"audio encoder hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
             )
 
-    def check_tensor_parallel(self, tp: int) -> None:
+    def check_tensor_parallel(self, tp: int, *, owner: str = "audio encoder") -> None:
         """ValueError unless ``tp`` divides the heads and the MLP width (what it splits)."""
-        check_divides("audio encoder", tp, {"num_heads": self.num_heads, "mlp width": self.mlp_ratio * self.hidden_size})
+        check_divides(tp, {"num_heads": self.num_heads, "mlp width": self.mlp_ratio * self.hidden_size}, owner)
 
     def tokens_for_frames(self, num_frames: int) -> int:
         """Number of output tokens for a clip of ``num_frames`` valid frames."""

@@ -112,3 +112,23 @@ def test_a_linear_projection_is_one_layer_sized_from_the_configs():
     model = MimoModel(config_from_dict(raw).model)
     shapes = {n: tuple(p.shape) for n, p in model.modalities["images"].projection.named_parameters()}
     assert shapes == {"0.weight": (32, 16), "0.bias": (32,)}
+
+
+@pytest.mark.parametrize(
+    ("module", "tp", "message"),
+    [
+        ("language", 3, r"^model.language: tp=3 does not divide num_heads=4 \(nor mlp width=256\)$"),
+        ("images", 4, r"^model.modalities.images.encoders.vit: tp=4 does not divide num_heads=2$"),
+        ("language", 0, r"^layout.language.tp must be a positive integer, got 0$"),
+    ],
+)
+def test_a_tp_that_does_not_split_the_module_is_refused_before_launch(module, tp, message):
+    raw = {
+        "model": {"language": {"num_heads": 4, "hidden_size": 64},
+                  "modalities": {"images": {"placeholder_id": 1,
+                                            "encoders": {"vit": {"kind": "vision", "num_heads": 2}}}}},
+        "layout": {"images": {"tp": 1}, "language": {"tp": 1, "rank_offset": 1}},
+    }
+    raw["layout"][module]["tp"] = tp
+    with pytest.raises(ValueError, match=message):
+        config_from_dict(raw)

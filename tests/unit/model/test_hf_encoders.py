@@ -231,7 +231,8 @@ def test_config_module_imports_neither_torch_nor_transformers() -> None:
     tree = ast.parse(Path(encoder_config_module.__file__).read_text())
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-    assert imported <= {"__future__", "math", "dataclasses", "pathlib", "typing", "mimo.model.hf.folder"}, imported
+    assert imported <= {"__future__", "math", "dataclasses", "pathlib", "typing", "mimo.model.hf.folder",
+                        "mimo.model.tp_sizes"}, imported
     folder_tree = ast.parse(Path(encoder_config_module.__file__).with_name("folder.py").read_text())
     folder_imports = {n.module for n in ast.walk(folder_tree) if isinstance(n, ast.ImportFrom)}
     assert folder_imports <= {"__future__", "pathlib", "typing"}, folder_imports

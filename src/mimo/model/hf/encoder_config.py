@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mimo.model.hf.folder import read_hf_config
+from mimo.model.tp_sizes import check_divides
 
 __all__ = ["HFEncoderConfig", "SUPPORTED_MODEL_TYPES"]
 
@@ -181,7 +182,7 @@ class HFEncoderConfig:
         the folder.
         """
         heads, mlp = self._split_keys
-        _check_divides(tp, {heads: self.num_heads, mlp: self.mlp_size}, owner or f"hf encoder {self.hf!r}")
+        check_divides(tp, {heads: self.num_heads, mlp: self.mlp_size}, owner or f"hf encoder {self.hf!r}")
 
     # --- vision ----------------------------------------------------------------------------------------------
 
@@ -250,16 +251,3 @@ class HFEncoderConfig:
         if self.input_kind != "audio":
             raise AttributeError(f"{self.model_type!r} is a vision encoder and has no audio sizes")
         return self._tower_value(key)
-
-
-def _check_divides(tp: int, sizes: dict[str, int], owner: str) -> None:
-    """ValueError naming ``owner``, ``tp`` and every size in ``sizes`` that ``tp`` does not divide.
-
-    A copy of ``language_config.check_divides``: this module may import only ``folder`` (a test keeps it pure).
-    """
-    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
-        raise ValueError(f"{owner}: tp must be a positive integer, got {tp!r}")
-    bad = [f"{name}={size}" for name, size in sizes.items() if size % tp]
-    if bad:
-        nor = f" (nor {', '.join(bad[1:])})" if len(bad) > 1 else ""
-        raise ValueError(f"{owner}: tp={tp} does not divide {bad[0]}{nor}")

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mimo.model.hf.folder import read_hf_config
+from mimo.model.tp_sizes import check_divides
 
-__all__ = ["HFLanguageConfig", "check_divides"]
+__all__ = ["HFLanguageConfig"]
 
 _CAUSAL_LM_SUFFIX = "ForCausalLM"
 
@@ -90,22 +91,11 @@ class HFLanguageConfig:
     def max_seq_len(self) -> int:
         return int(self.hf_config.get("max_position_embeddings", 2**31 - 1))
 
-    def check_tensor_parallel(self, tp: int) -> None:
+    def check_tensor_parallel(self, tp: int, *, owner: str = "model.language") -> None:
         """ValueError (one line) unless ``tp`` ranks can split the attention heads, key/value heads and MLP width
         evenly. The vocabulary need not divide: DTensor shards an untied embedding and head unevenly."""
         sizes = {"num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads}
         if "intermediate_size" in self.hf_config:
             # Every Llama-style config.json saved by transformers has it; a hand-written one may not.
             sizes["intermediate_size"] = int(self.hf_config["intermediate_size"])
-        check_divides(tp, sizes, "model.language")
-
-
-def check_divides(tp: int, sizes: dict[str, int], owner: str) -> None:
-    """ValueError naming ``owner``, ``tp`` and every size in ``sizes`` that ``tp`` does not divide (pure: the
-    HF configs' ``check_tensor_parallel`` share it)."""
-    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
-        raise ValueError(f"{owner}: tp must be a positive integer, got {tp!r}")
-    bad = [f"{name}={size}" for name, size in sizes.items() if size % tp]
-    if bad:
-        nor = f" (nor {', '.join(bad[1:])})" if len(bad) > 1 else ""
-        raise ValueError(f"{owner}: tp={tp} does not divide {bad[0]}{nor}")
+        check_divides(tp, sizes, owner)

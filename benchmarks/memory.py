@@ -15,8 +15,9 @@ Each layout runs as its own torchrun world (gloo, CPU) training two AdamW steps 
 
 The table prints the largest value over the ranks holding the language model next to the theory: the module's
 parameter count P times 4 bytes for the weights and the gradients and 8 for AdamW's two moments, divided by the
-sharding degree (``dp_shard``), or by ``pp`` for a pipeline stage (approximate: the embedding and the head make
-stages uneven). Activation theory is not attempted: the column to read is how checkpointing changes it.
+sharding degree (``dp_shard``) and by ``tp`` (except the few parameters tensor parallelism leaves whole on every
+rank: norms, the position table, the biases added after a row-split projection), or by ``pp`` for a pipeline stage
+(approximate: the embedding and the head make stages uneven). Activation theory is not attempted: the column to read is how checkpointing changes it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ LAYOUTS: dict[str, tuple[int, dict[str, Any], dict[str, Any]]] = {
     "dp2": (2, {"images": {"dp": 2}, "language": {"dp": 2}}, {}),
     "shard2": (2, {"images": {"dp": 2}, "language": {"dp_shard": 2}}, {}),
     "shard4": (4, {"images": {"dp": 4}, "language": {"dp_shard": 4}}, {}),
+    "tp2": (3, {"images": {"rank_offset": 0}, "language": {"tp": 2, "rank_offset": 1}}, {}),
+    "tp4": (5, {"images": {"rank_offset": 0}, "language": {"tp": 4, "rank_offset": 1}}, {}),
+    "shard2 + tp2": (5, {"images": {"rank_offset": 0}, "language": {"dp_shard": 2, "tp": 2, "rank_offset": 1}}, {}),
     "pp2": (3, {"images": {"rank_offset": 0}, "language": {"pp": 2, "rank_offset": 1}}, {}),
     "pp2 + checkpointing": (3, {"images": {"rank_offset": 0}, "language": {"pp": 2, "rank_offset": 1}},
                             {"activation_checkpointing": "full"}),
@@ -83,7 +87,7 @@ class SavedBytes:
         self._refs: dict[int, int] = {}
 
     def pack(self, tensor: Any) -> Any:
-        storage = tensor.untyped_storage()
+        storage = _local(tensor).untyped_storage()  # a DTensor (tensor parallelism) keeps its part in a local tensor
         key = storage.data_ptr()
         # Asked at every pack: FSDP registers the gathered (unsharded) weights on the module during its forward,
         # and those are weights, not activations.
@@ -187,19 +191,27 @@ def run_layout(name: str, language: dict[str, Any], scratch: Path) -> dict[str, 
     return {key: max(r[key] for r in holding) for key in ("parameters", "gradients", "optimizer", "activations")}
 
 
-def language_parameters(language: dict[str, Any]) -> int:
+WHOLE_UNDER_TP = ("norm.weight", "embedding.position.weight", "attention_out.bias", "mlp.2.bias")
+"""Language parameters that tensor parallelism keeps whole on every rank (``mimo.model.tensor_parallel``)."""
+
+
+def language_parameters(language: dict[str, Any]) -> tuple[int, int]:
+    """The language model's parameter count, and how many of them tensor parallelism keeps whole."""
     sys.path.insert(0, str(ROOT / "src"))
     from mimo.config import config_from_dict
     from mimo.model import MimoModel
 
     model = MimoModel(config_from_dict(recipe(language, {}, {})).model)
-    return sum(p.numel() for name, p in model.named_parameters() if name.startswith("language."))
+    named = [(name, p.numel()) for name, p in model.named_parameters() if name.startswith("language.")]
+    return sum(n for _, n in named), sum(n for name, n in named if name.endswith(WHOLE_UNDER_TP))
 
 
-def theory(name: str, parameters: int) -> float:
+def theory(name: str, parameters: int, whole_under_tp: int) -> float:
     _, layout, _ = LAYOUTS[name]
     spec = layout.get("language", {})
-    return parameters / (spec.get("dp_shard", 1) * spec.get("pp", 1))
+    tp = spec.get("tp", 1)
+    split = parameters - whole_under_tp if tp > 1 else parameters
+    return (split / tp + (parameters - split)) / (spec.get("dp_shard", 1) * spec.get("pp", 1))
 
 
 def main() -> None:
@@ -212,7 +224,7 @@ def main() -> None:
         worker(json.loads((args.worker / "config.json").read_text()), args.worker)
         return
     language = copy.deepcopy(SMALL if args.quick else LARGE)
-    count = language_parameters(language)
+    count, whole_under_tp = language_parameters(language)
     mib = 1 << 20
     print(f"language model: {count / 1e6:.1f}M parameters; MiB per rank (largest over the language ranks), "
           "measured / theory")
@@ -223,7 +235,7 @@ def main() -> None:
             if "error" in row:
                 print(f"{name:<28} failed: {row['error']}")
                 continue
-            share = theory(name, count)
+            share = theory(name, count, whole_under_tp)
             cells = [f"{row[k] / mib:8.1f} / {share * per / mib:<6.1f}"
                      for k, per in (("parameters", 4), ("gradients", 4), ("optimizer", 8))]
             print(f"{name:<28} {cells[0]:>17} {cells[1]:>17} {cells[2]:>17} {row['activations'] / mib:>11.1f}")

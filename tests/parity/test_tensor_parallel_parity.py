@@ -80,3 +80,25 @@ def test_dp_shard_tp_checkpoint_resumes_under_dp1_and_colocated(tmp_path):
         assert len(again) == 3
         for got, want in zip(again, full[3:]):
             assert abs(got - want) <= 1e-6 * abs(want), (name, again, full[3:])
+
+
+# --- Colocated modules with different layouts ---------------------------------------------------------------------
+
+COLOCATED_CASES = {
+    # each rank encodes half of the language replica's images; the rows are gathered over the tp pair
+    "colocated_images_dp2_language_tp2": (2, _config(layout={"images": _entry(dp=2), "language": _entry(tp=2)})),
+    # two language replicas of two tp ranks each, four image replicas
+    "colocated_images_dp4_language_dp2_tp2": (
+        4, _config(layout={"images": _entry(dp=4), "language": _entry(dp=2, tp=2)})
+    ),
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", sorted(COLOCATED_CASES))
+def test_colocated_modules_with_different_layouts_match_reference(case, tmp_path):
+    world_size, raw = COLOCATED_CASES[case]
+    ref_losses, ref_weights = reference_run(raw, STEPS)
+    losses, weights = distributed_run(raw, STEPS, world_size=world_size, tmp_path=tmp_path)
+    assert all(rank_losses == losses[0] for rank_losses in losses), f"ranks disagree on the loss: {losses}"
+    assert_same_training(losses[0], weights, ref_losses, ref_weights, initial=_initial(raw))

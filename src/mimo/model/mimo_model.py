@@ -51,6 +51,9 @@ class MimoModel(nn.Module):
         self.placeholder_ids = config.placeholder_ids
         self.precisions: dict[str, str] = {}
         """Per module, ``fp32`` (the default) or ``bf16`` autocast around its forward (``compute.apply_compute``)."""
+        self.row_gathers: dict[str, Any] = {}
+        """Modality -> ``comm.colocated_rows.RowGather`` where this rank encodes only a part of its samples (a
+        colocated encoder more data-parallel than the language model) and gathers every part's rows."""
         self.rows_always_in_graph: frozenset[str] = frozenset()
         """Modalities whose outputs join the loss's graph even with zero rows (adding an exact 0): an encoder
         sharded by FSDP2 must run its backward, and so its collectives, on every rank alike."""
@@ -65,8 +68,11 @@ class MimoModel(nn.Module):
             raise ValueError(f"modality_inputs has unknown modality(ies) {unknown}; known: {list(self.modalities)}")
         encoded = {}
         for name, inputs in modality_inputs.items():
+            gather = self.row_gathers.get(name)
             with self._autocast(name):
-                encoded[name] = self.modalities[name](inputs)
+                encoded[name] = self.modalities[name](inputs if gather is None else gather.own_inputs(inputs))
+            if gather is not None:
+                encoded[name] = gather.gather(encoded[name])
         return encoded
 
     def forward(

@@ -14,14 +14,15 @@ sends and the two receives pair up on different streams.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 
-from mimo.parallel.layout import ModuleLayout
+from mimo.model.configs import LANGUAGE_MODULE
+from mimo.parallel.layout import ModuleLayout, Placement, placement_of
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class ModuleGroups:
     gradients: dist.ProcessGroup | None = None
     tied: dist.ProcessGroup | None = None
     """The first and last stage of this rank's language replica, when they hold copies of tied embeddings."""
+    rows: dict[str, dist.ProcessGroup] = field(default_factory=dict)
+    """Modality -> the ranks of this rank's language replica, where a colocated encoder more data-parallel than
+    the language model gathers the rows its ranks encoded (``comm.colocated_rows``)."""
 
     def dp_group(self, module: str) -> dist.ProcessGroup | None:
         return self.dp[module]
@@ -76,7 +80,25 @@ def build_module_groups(
         activations=dist.new_group(world, timeout=timeout),
         gradients=dist.new_group(world, timeout=timeout),
         tied=tied,
+        rows=_row_groups(layouts, rank, timeout),
     )
+
+
+def _row_groups(layouts: Mapping[str, ModuleLayout], rank: int, timeout: timedelta) -> dict[str, dist.ProcessGroup]:
+    """One group per language replica for each colocated modality more data-parallel than the language model."""
+    language = layouts.get(LANGUAGE_MODULE)
+    if language is None or placement_of(layouts) is not Placement.COLOCATED:
+        return {}
+    rows = {}
+    for module, layout in layouts.items():
+        if module == LANGUAGE_MODULE or layout.dp_size == language.dp_size:
+            continue
+        for replica in range(language.dp_size):
+            ranks = language.replica_ranks(replica)
+            group = dist.new_group(ranks, timeout=timeout)
+            if rank in ranks:
+                rows[module] = group
+    return rows
 
 
 MESH_DIMS = ("dp", "dp_shard", "tp")

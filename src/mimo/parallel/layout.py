@@ -26,6 +26,7 @@ __all__ = [
     "ModuleLayout",
     "Placement",
     "RankRole",
+    "colocated_rows",
     "placement_of",
     "role_of",
     "validate_layouts",
@@ -168,14 +169,18 @@ def _check_colocated(layouts: Mapping[str, ModuleLayout], world_size: int) -> No
         raise ValueError(
             f"colocated modules (all on the same ranks) must have pp == 1, got pp {pipelined}"
         )
-    # dp and dp_shard may differ per module, but every module must cut the data the same way: equal spans with
-    # pp == 1 mean equal dp * dp_shard * tp, so only tp can make the data-parallel sizes differ.
-    tps = {name: layout.tp for name, layout in layouts.items()}
-    if len(set(tps.values())) > 1:
-        raise ValueError(
-            f"colocated modules (all on the same ranks) must have the same tp, got tp {tps}: colocated modules "
-            "with different data-parallel sizes are not supported yet"
-        )
+    # Equal spans with pp == 1 mean equal dp * dp_shard * tp: only tp makes data-parallel sizes differ. An encoder
+    # more data-parallel than the language model splits each language replica's samples over the ranks of that
+    # replica and gathers the rows back (``colocated_rows``); the other way round would need rows scattered.
+    language = layouts.get(LANGUAGE_MODULE)
+    if language is not None:
+        for name, layout in layouts.items():
+            if layout.dp_size % language.dp_size:
+                raise ValueError(
+                    f"colocated module {name!r} has data-parallel size {layout.dp_size} (tp {layout.tp}), fewer than "
+                    f"the language model's {language.dp_size} (tp {language.tp}): an encoder next to the language "
+                    "model must be at least as data-parallel (give it the smaller tp)"
+                )
     layout = next(iter(layouts.values()))
     if layout.ranks != range(world_size):
         raise ValueError(
@@ -276,6 +281,28 @@ class RankRole:
     @property
     def is_loss_stage(self) -> bool:
         return self.is_last_stage(LANGUAGE_MODULE)
+
+
+def colocated_rows(rank: int, encoder: ModuleLayout, language: ModuleLayout) -> tuple[list[int], list[int], int]:
+    """How a colocated encoder more data-parallel than the language model shares out its work on ``rank``.
+
+    The language replica of ``rank`` reads samples that ``k = encoder.dp_size / language.dp_size`` encoder
+    replicas own, and those replicas sit on the ranks of that language replica (both layouts order ranks with
+    tp fastest). Each rank encodes its own replica's part; the rows are then gathered over the language replica.
+
+    Returns ``(group, sources, part)``: the ranks of the language replica (the gather's group, in order), the
+    positions in ``group`` of one rank per encoder replica (tensor-parallel rank 0), in sample order, and which
+    of those ``k`` parts of the language replica's samples this rank encodes.
+    """
+    language_dp, _, _ = language.coords(rank)
+    group = [language.rank_of(language_dp, 0, tp_rank) for tp_rank in range(language.tp)]
+    share = encoder.dp_size // language.dp_size
+    sources = [index for index, member in enumerate(group) if encoder.coords(member)[2] == 0]
+    part = encoder.coords(rank)[0] - language_dp * share
+    if len(sources) != share or not 0 <= part < share:
+        raise ValueError(f"rank {rank}: encoder layout {encoder} does not split the samples of language layout "
+                         f"{language} over the language replica's ranks")
+    return group, sources, part
 
 
 def role_of(rank: int, layouts: Mapping[str, ModuleLayout]) -> RankRole:

@@ -9,22 +9,26 @@ Definitions, the same for measured and predicted so they compare:
   receive waits for had been posted (``recv end - max(recv start, send end)``);
 - its *idle* time is the rest of the pipeline: waiting in receives, and before its first or after its last action.
 
-The prediction replays the schedule many times and takes the medians. In each replay:
+The prediction replays the schedule many times and takes the medians; it keeps what the measured steps show
+about costs on shared cores (checked on 27 traces of the three non-colocated tiny recipes on 2 cores):
 
-- every action's cost is drawn from the durations measured *on its rank* for that action (over the traced steps
-  and microbatches): a pipeline waits on its slowest actions, so the costs' spread matters, not just their
-  typical value (one replay of median costs missed the measured pipeline by a third on 2 shared cores); and
-  replicas of one stage differ (other samples, another share of the cores: two image replicas of a fan-in
-  measured 15 points apart in idle time), so their durations are not pooled;
-- every rank enters the pipeline at its measured entry time (the median over steps of its first action's start
-  after the pipeline's start): the previous step's optimizer and this step's set-up end at different moments on
-  different ranks, up to a sixth of the pipeline on the tiny recipes, and a late rank delays those that wait
-  for it. Replaying each measured step with its own durations and entry times gives back its measured idle
-  time per rank within about 2 points; with every rank entering at 0, up to 12 points off.
+- A rank enters the pipeline at its own moment: the previous step's optimizer and this step's set-up end at
+  different times on different ranks, up to a sixth of the pipeline, and a late rank delays those that wait for
+  it. Replaying each measured step with its own durations gives back its measured idle time per rank within 0.4
+  points (median; at most 6) when every rank enters when it did, but up to 13 points off when all enter at 0.
+- A rank's costs are its own, not its stage's: replicas of one stage see other samples and another share of the
+  cores (two image replicas of a fan-in measured 17 points apart in idle time).
+- A rank slowed by another process on its core stays slow for a while, not one action at a time: drawing every
+  action's cost on its own spreads that slowness thin, and missed ranks by up to 13.6 points even with the entry
+  times.
 
-The timeline draws one replay with the mean costs per stage and the same entry times. The predicted step time is
-the replayed pipeline plus what the step measured outside its pipeline (zero_grad, grad-reduce, optimizer).
-Pure: no torch.
+So each replay gives each rank the costs (compute, send, transfer) of one of its measured steps, drawn for every
+rank on its own, and the ranks enter as in one measured step. Measured against predicted idle time per rank, the
+27 traces are within 2.2 points (median) and 8.4 at most.
+
+The timeline draws one replay with the mean costs per stage and each rank's median entry time. The predicted step
+time is the replayed pipeline plus what the step measured outside its pipeline (zero_grad, grad-reduce,
+optimizer). Pure: no torch.
 """
 
 from __future__ import annotations
@@ -56,7 +60,9 @@ __all__ = [
     "CostSamples",
     "MeasuredAction",
     "MeasuredPhase",
+    "RankSteps",
     "SpreadPrediction",
+    "StepCosts",
     "StepMeasure",
     "TracePlan",
     "action_spans",
@@ -64,12 +70,11 @@ __all__ = [
     "measure_step",
     "measured_costs",
     "measured_samples",
+    "median_entry_s",
     "phase_spans",
-    "RankDraws",
-    "RankSamples",
     "plan_of",
     "predict_with_spread",
-    "rank_samples",
+    "step_costs",
     "traced_steps",
 ]
 
@@ -274,80 +279,75 @@ def measured_costs(trace: Mapping[str, Any], plan: TracePlan, steps: Sequence[in
     return measured_samples(trace, plan, steps).means()
 
 
-RankActionKey = tuple[int, str, int, ActionKind]
-"""``(rank, module, stage, kind)``: what one rank's measured durations are kept under."""
-
-
-def _rank_key(rank: int, action: Action) -> RankActionKey:
-    return rank, action.module, action.stage, action.kind
-
-
 @dataclass(frozen=True)
-class RankSamples:
-    """What the replays draw from, per rank: the measured durations of each kind of action (the transfer part for
-    receives) and when the rank entered the pipeline."""
+class StepCosts:
+    """One complete traced step as a replay uses it: what each action cost its rank (the transfer part for a
+    receive), and when each rank entered the pipeline."""
 
-    durations: Mapping[RankActionKey, Sequence[float]]
+    seconds: Mapping[tuple[int, Action], float]
     entry_s: Mapping[int, float]
-    """Median over steps of the rank's first action's start after the pipeline's start, less the earliest
-    rank's (so the earliest enters at 0)."""
+    """The rank's first action's start after the pipeline's start (0 for the earliest)."""
 
 
-def rank_samples(trace: Mapping[str, Any], plan: TracePlan, steps: Sequence[int] | None = None) -> RankSamples:
-    """Every rank's measured durations and entry time over complete traced steps."""
-    durations: dict[RankActionKey, list[float]] = defaultdict(list)
-    entries: dict[int, list[float]] = defaultdict(list)
+def step_costs(trace: Mapping[str, Any], plan: TracePlan, steps: Sequence[int] | None = None) -> list[StepCosts]:
+    """The costs and entry times of every complete traced step (of ``steps``, default all)."""
+    measured = []
     for actions, split in _complete_steps(trace, plan, steps):
         start = min(span.start_s for span in actions.values())
-        first = {rank: math.inf for rank in plan.schedule}
+        entry = {rank: math.inf for rank in plan.schedule}
+        seconds = {}
         for (rank, action), span in actions.items():
-            first[rank] = min(first[rank], span.start_s)
-            cost = split[(rank, action)][1] if action.kind.is_recv else span.duration_s
-            durations[_rank_key(rank, action)].append(cost)
-        for rank, entered in first.items():
-            entries[rank].append(entered - start)
-    medians = {rank: statistics.median(values) for rank, values in entries.items()}
-    earliest = min(medians.values(), default=0.0)
-    return RankSamples(dict(durations), {rank: median - earliest for rank, median in medians.items()})
+            entry[rank] = min(entry[rank], span.start_s - start)
+            seconds[(rank, action)] = split[(rank, action)][1] if action.kind.is_recv else span.duration_s
+        measured.append(StepCosts(seconds, entry))
+    return measured
 
 
-class RankDraws:
-    """A ``CostModel`` that gives every replayed action a duration drawn from those its rank measured for that
-    action kind, so a replay has the spread of the measured steps (a rank that loses its core now and then) and
-    each replica its own costs."""
+def median_entry_s(steps: Sequence[StepCosts]) -> dict[int, float]:
+    """Each rank's median entry time, less the earliest rank's (so that one enters at 0)."""
+    if not steps:
+        return {}
+    medians = {rank: statistics.median(step.entry_s[rank] for step in steps) for rank in steps[0].entry_s}
+    earliest = min(medians.values())
+    return {rank: median - earliest for rank, median in medians.items()}
 
-    def __init__(self, samples: RankSamples, rng: random.Random) -> None:
-        self._samples, self._rng = samples, rng
+
+class RankSteps:
+    """A ``CostModel`` that gives each rank the costs of one of its measured steps: ``steps[rank]``."""
+
+    def __init__(self, steps: Mapping[int, StepCosts]) -> None:
+        self._steps = steps
 
     def local_cost(self, rank: int, action: Action) -> float:
-        return self._draw(rank, action)
+        return self._steps[rank].seconds.get((rank, action), 0.0)
 
     def transfer_cost(self, rank: int, action: Action, hops: Sequence[Hop]) -> float:
-        return self._draw(rank, action)
-
-    def _draw(self, rank: int, action: Action) -> float:
-        values = self._samples.durations.get(_rank_key(rank, action))
-        return self._rng.choice(values) if values else 0.0
+        return self._steps[rank].seconds.get((rank, action), 0.0)
 
 
 @dataclass(frozen=True)
 class SpreadPrediction:
-    """Medians over replays with drawn costs: the step the schedule allows given the measured costs' spread."""
+    """Medians over replays of the measured steps' costs: the step the schedule allows given how they vary."""
 
     pipeline_s: float
     idle_fraction: Mapping[int, float]
 
 
 REPLAYS = 101
-"""Replays with drawn costs per prediction: enough for a stable median, a fraction of a second on small plans."""
+"""Replays per prediction: enough for a stable median, a fraction of a second on small plans."""
 
 
-def predict_with_spread(plan: TracePlan, samples: RankSamples, replays: int = REPLAYS) -> SpreadPrediction:
-    """Replay the plan ``replays`` times with every action's cost drawn from its rank's measured ones and every
-    rank entering at its measured entry time (seeded: the same trace gives the same prediction)."""
+def predict_with_spread(plan: TracePlan, steps: Sequence[StepCosts], replays: int = REPLAYS) -> SpreadPrediction:
+    """Replay the plan ``replays`` times, each rank with the costs of one of its measured steps (drawn for each
+    rank on its own) and the ranks entering as in one measured step (seeded: a trace gives one prediction)."""
+    if not steps:
+        raise ValueError("no complete traced step to predict from")
     rng = random.Random(0)
-    results = [simulate_timed(plan.schedule, plan.layouts, plan.topology, plan.micro_batch_size,
-                              RankDraws(samples, rng), start_s=samples.entry_s) for _ in range(replays)]
+    results = []
+    for _ in range(replays):
+        costs = RankSteps({rank: rng.choice(steps) for rank in plan.schedule})
+        results.append(simulate_timed(plan.schedule, plan.layouts, plan.topology, plan.micro_batch_size, costs,
+                                      start_s=rng.choice(steps).entry_s))
     return SpreadPrediction(
         pipeline_s=statistics.median(result.step_time_s for result in results),
         idle_fraction={rank: statistics.median(result.idle_fraction(rank) for result in results)
@@ -366,7 +366,7 @@ class Comparison:
     predicted: TimedResult
     """One replay with the mean costs per stage and the measured entry times (what the timeline draws)."""
     spread: SpreadPrediction
-    """Replays with drawn costs (what the summary prints as predicted)."""
+    """Replays of the measured steps' costs (what the summary prints as predicted)."""
     ideal: TimedResult
 
     @property
@@ -408,8 +408,8 @@ class Comparison:
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         lines += ["  " + "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in
                                    enumerate(zip(row, widths))).rstrip() for row in rows]
-        lines.append(f"  predicted: medians of {REPLAYS} replays of the schedule, each action's cost (compute, send, "
-                     "transfer) drawn from its rank's measured ones, each rank entering at its measured entry time; "
+        lines.append(f"  predicted: medians of {REPLAYS} replays of the schedule, each rank with the costs (compute, "
+                     "send, transfer) of one of its measured steps, the ranks entering as in one measured step; "
                      "ideal: mean compute, free communication"
                      + ("; step time adds the "
                      f"{outside * ms:.1f} ms measured outside the pipeline" if outside is not None else ""))
@@ -431,14 +431,14 @@ def compare(trace: Mapping[str, Any]) -> Comparison | None:
     sends_of, phases = plan.sends_of(), phase_spans(trace)
     measured = [_measure(step, by_step[step], plan, sends_of, phases) for step in steps]
     costs = measured_costs(trace, plan, steps)
-    by_rank = rank_samples(trace, plan, steps)
+    measured_steps = step_costs(trace, plan, steps)
     replay = (plan.schedule, plan.layouts, plan.topology, plan.micro_batch_size)
     return Comparison(
         steps=steps,
         plan=plan,
         clock=trace["mimo"].get("clock", ""),
         measured=measured,
-        predicted=simulate_timed(*replay, costs, start_s=by_rank.entry_s),
-        spread=predict_with_spread(plan, by_rank),
+        predicted=simulate_timed(*replay, costs, start_s=median_entry_s(measured_steps)),
+        spread=predict_with_spread(plan, measured_steps),
         ideal=simulate_timed(*replay, costs.compute_only()),
     )

@@ -27,7 +27,8 @@ from mimo.model.compute import apply_compute
 from mimo.model.configs import LANGUAGE_MODULE
 from mimo.model.stages import LanguageStage, ModalityStage
 from mimo.parallel.groups import ModuleGroups
-from mimo.parallel.layout import role_of
+from mimo.comm.colocated_rows import RowGather
+from mimo.parallel.layout import colocated_rows, role_of
 from mimo.pipeline.actions import Action
 from mimo.pipeline.schedules import build_train_schedule
 from mimo.pipeline.runner import StageLosses, StageRunner
@@ -47,21 +48,33 @@ class FusedEngine:
         self.modules = list(cfg.model.module_names)
         apply_compute(self.model, {module: cfg.train.compute_for(module) for module in self.modules})
         self.role = role_of(rank, plan.layouts)
+        self._layouts = plan.layouts
         self._dp_size = plan.layouts[LANGUAGE_MODULE].dp_size
         self.num_microbatches = cfg.train.num_microbatches
         self._forward_step, self._timers = forward_step, timers
 
     def use_groups(self, groups: ModuleGroups) -> None:
-        """Nothing to attach: the whole model is local, only gradient all-reduces use groups."""
+        """Attach the row gathers of encoders more data-parallel than the language model (``colocated_rows``);
+        otherwise the whole model is local and only gradient all-reduces use groups."""
+        language = self._layouts[LANGUAGE_MODULE]
+        for module, group in groups.rows.items():
+            _, sources, part = colocated_rows(self.role.rank, self._layouts[module], language)
+            self.model.row_gathers[module] = RowGather(module, group, sources, part)
+
+    def counts_tokens(self, module: str) -> bool:
+        """Whether this rank counts ``module``'s tokens (for FLOPs): once per language replica, which every rank
+        of it reads whole (a module split by tp, or gathering its rows, repeats the others' tokens)."""
+        return self.role.tp_rank[LANGUAGE_MODULE] == 0
 
     def shard(self, meshes: Mapping[str, DeviceMesh]) -> None:
         """FSDP2 over the modules with ``dp_shard > 1`` (a mesh each); call before collecting parameters."""
         shard_fused_model(self.model, meshes)
 
     def loader_options(self) -> dict[str, Any] | None:
-        """Every field of this rank's data-parallel shard (all modules share one data-parallel size here)."""
+        """Every field of this rank's data-parallel shard (all modules share one data-parallel size here), the
+        step's microbatches loaded together before they run back to back (``MicrobatchLoader.load_ahead``)."""
         return {"dp_rank": self.role.dp_rank[LANGUAGE_MODULE], "dp_size": self._dp_size, "modalities": None,
-                "include_text": True}
+                "include_text": True, "load_ahead": True}
 
     def evaluate(self, microbatches: Iterable[Any] | None) -> StageLosses:
         """Forward only, no graph: the loss of one global batch (validation)."""
@@ -121,6 +134,10 @@ class PipelineEngine:
         for communicator in (self.communicator, self.eval_runner.communicator):
             communicator.activation_group = groups.activations
             communicator.gradient_group = groups.gradients
+
+    def counts_tokens(self, module: str) -> bool:
+        """Whether this rank counts ``module``'s tokens (for FLOPs): on its first stage, tensor-parallel rank 0."""
+        return self.role.stages[module] == 0 and self.role.tp_rank[module] == 0
 
     def shard(self, meshes: Mapping[str, DeviceMesh]) -> None:
         """FSDP2 over this stage when its module has ``dp_shard > 1``; call before collecting parameters."""

@@ -60,14 +60,18 @@ def loss_func(
         ``(total_loss, num_tokens, {"lm loss": tensor([total_loss, num_tokens])})``; ``num_tokens`` is an int
         tensor. The reporting entry is detached, so summing it over microbatches and ranks gives the global mean.
     """
-    losses = output_tensor.float().reshape(-1)
-    mask = loss_mask.reshape(-1).to(losses)
-    if losses.numel() != mask.numel():
-        raise ValueError(f"loss_mask has {mask.numel()} elements but the output has {losses.numel()}")
+    losses = output_tensor.float()
+    mask = loss_mask.to(losses)
+    if losses.shape != mask.shape:
+        # Paired element by element; flattening only here keeps the usual same-shape call to three kernels
+        # (it runs per microbatch), and a full sum of a contiguous tensor is the same flat or not.
+        if losses.numel() != mask.numel():
+            raise ValueError(f"loss_mask has {mask.numel()} elements but the output has {losses.numel()}")
+        losses, mask = losses.reshape(-1), mask.reshape(-1)
     total_loss = torch.sum(losses * mask)
-    num_tokens = mask.sum().to(torch.int)
-    reporting = torch.stack([total_loss.detach(), num_tokens.to(total_loss.dtype)])
-    return total_loss, num_tokens, {"lm loss": reporting}
+    count = mask.sum()  # exact: a float sum of 0/1 values, the same number the int count converts back to
+    reporting = torch.stack([total_loss.detach(), count])
+    return total_loss, count.to(torch.int), {"lm loss": reporting}
 
 
 def get_batch(data_iterator: Iterator[Any] | None, device: torch.device | str | None = None) -> dict[str, Any] | None:

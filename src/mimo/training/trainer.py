@@ -210,10 +210,9 @@ class Trainer:
 
     @property
     def _feeds(self) -> list[str]:
-        """Modules whose first stage this rank holds (it reads their inputs) as tensor-parallel rank 0: where tokens
-        are counted once."""
-        role = self.engine.role
-        return [m for m, stage in role.stages.items() if stage == 0 and role.tp_rank[m] == 0]
+        """Modules whose inputs this rank reads and counts the tokens of (once over the world: see the engines'
+        ``counts_tokens``)."""
+        return [module for module in self.engine.role.stages if self.engine.counts_tokens(module)]
 
     @property
     def all_modules(self) -> list[str]:

@@ -128,3 +128,7 @@ def test_tokens_per_sample_of_a_batch_equals_per_sample_placeholder_counts():
         assert tokens_per_sample(name, modality, batch["modality_inputs"][name]).tolist() == expected
     with pytest.raises(ValueError, match="not a collated batch"):
         tokens_per_sample("images", config.modalities["images"], samples[0]["modality_inputs"]["images"])
+    audio = batch["modality_inputs"]["audio"]["whisper"]
+    audio["items_per_sample"] = torch.tensor([0, 2, 2])
+    with pytest.raises(ValueError, match="items_per_sample sums to 4, inputs hold 3 items"):
+        tokens_per_sample("audio", config.modalities["audio"], batch["modality_inputs"]["audio"])

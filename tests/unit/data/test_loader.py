@@ -120,6 +120,16 @@ def test_modalities_and_include_text_select_fields(selective):
         assert sorted(got) == ["modality_inputs"] and sorted(got["modality_inputs"]) == ["audio"]
 
 
+def test_load_ahead_reads_the_whole_step_at_once_and_yields_the_same_batches():
+    on_demand, ahead = _RecordingDataset(_dataset()), _RecordingDataset(_dataset())
+    lazy = _loader(on_demand, num_microbatches=4).next_step()
+    eager = _loader(ahead, num_microbatches=4, load_ahead=True).next_step()
+    assert on_demand.reads == [] and len(ahead.reads) == 8  # every sample of the step before the first batch
+    for got, want in zip(eager, lazy, strict=True):
+        assert_same_tree(got, want)
+    assert ahead.reads == on_demand.reads
+
+
 @pytest.mark.parametrize("selective", [True, False])
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_rank_naming_text_fields_collates_only_those(selective, workers):

@@ -111,10 +111,10 @@ def test_valid_non_colocated_and_colocated_layouts() -> None:
             r"micro_batch_size 2 is not divisible by dp 4 of module 'images'",
         ),
         (
-            {"images": L(dp=2), "language": L(tp=2)},
+            {"images": L(tp=2), "language": L(dp=2)},
             2,
             4,
-            r"colocated modules .* must have the same tp, got tp \{'images': 1, 'language': 2\}",
+            r"colocated module 'images' has data-parallel size 1 \(tp 2\), fewer than the language model's 2 \(tp 1\)",
         ),
         (
             {"images": L(pp=2), "language": L(pp=2)},

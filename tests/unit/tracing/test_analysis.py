@@ -4,6 +4,7 @@ measured costs are the costs used, and measured idle time equals the prediction.
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
 import pytest
 
@@ -13,15 +14,15 @@ from mimo.pipeline.actions import ActionKind, format_actions
 from mimo.pipeline.schedules import build_train_schedule
 from mimo.pipeline.timed import Costs, Hop, StageCost, TimedResult, simulate_timed
 from mimo.tracing.analysis import (
-    RankSamples,
+    StepCosts,
     action_spans,
     compare,
     measure_step,
     measured_costs,
-    measured_samples,
+    median_entry_s,
     plan_of,
     predict_with_spread,
-    rank_samples,
+    step_costs,
     traced_steps,
 )
 from mimo.tracing.files import load_trace, merge_parts, part_path, trace_path, write_json
@@ -147,23 +148,27 @@ def test_no_trace_is_a_clear_error(tmp_path) -> None:
         load_trace(tmp_path)
 
 
-def test_replays_with_drawn_costs_equal_the_model_when_costs_do_not_vary_and_grow_when_they_do(
+def test_replays_equal_the_model_when_steps_do_not_vary_and_follow_a_rank_slow_in_most_steps(
     modelled: TimedResult,
 ) -> None:
     trace = merge_parts(_parts(modelled, [2, 3, 4]))
     plan = plan_of(trace)
-    samples = rank_samples(trace, plan)
-    assert samples.entry_s == {0: 0.0, 1: 0.0, 2: 0.0}
-    steady = predict_with_spread(plan, samples, replays=5)
+    steps = step_costs(trace, plan)
+    assert len(steps) == 3 and all(step.entry_s == {0: 0.0, 1: 0.0, 2: 0.0} for step in steps)
+    steady = predict_with_spread(plan, steps, replays=5)
     assert steady.pipeline_s == pytest.approx(modelled.step_time_s, abs=1e-7)
     for rank in _schedule():
         assert steady.idle_fraction[rank] == pytest.approx(modelled.idle_fraction(rank), abs=1e-5)
-    # Same mean language.0 forward, but a third of them 3x as long: the pipeline waits on the slow ones.
-    key = (1, "language", 0, ActionKind.F)
-    typical = samples.durations[key][0]
-    noisy = RankSamples({**samples.durations, key: [typical * 0.5, typical * 0.5, typical * 2.0]}, samples.entry_s)
-    assert predict_with_spread(plan, noisy).pipeline_s > modelled.step_time_s
-    assert predict_with_spread(plan, noisy) == predict_with_spread(plan, noisy)  # seeded: reproducible
+    # Rank 1 (language.0) lost its core for two of the three steps: every forward took twice as long. A replay
+    # gives each rank one of its steps, so most replays have a slow rank 1, and the median is that step.
+    slow = [StepCosts({key: cost * (2.0 if key[0] == 1 and key[1].kind is F else 1.0)
+                       for key, cost in step.seconds.items()}, step.entry_s) for step in steps[:2]]
+    stages = dict(COSTS.stages)
+    stages[("language", 0)] = replace(stages[("language", 0)], forward_s=2 * stages[("language", 0)].forward_s)
+    slow_model = simulate_timed(_schedule(), LAYOUTS, TOPOLOGY, MBS, replace(COSTS, stages=stages))
+    predicted = predict_with_spread(plan, [*slow, steps[2]])
+    assert predicted.pipeline_s == pytest.approx(slow_model.step_time_s, abs=1e-7)
+    assert predicted == predict_with_spread(plan, [*slow, steps[2]])  # seeded: reproducible
 
 
 def test_a_rank_that_enters_late_is_predicted_late() -> None:
@@ -172,7 +177,7 @@ def test_a_rank_that_enters_late_is_predicted_late() -> None:
     late = simulate_timed(_schedule(), LAYOUTS, TOPOLOGY, MBS, COSTS, start_s={0: 0.010})
     trace = merge_parts(_parts(late, [2, 3, 4]))
     plan = plan_of(trace)
-    assert rank_samples(trace, plan).entry_s == pytest.approx({0: 0.010, 1: 0.0, 2: 0.0}, abs=1e-9)
+    assert median_entry_s(step_costs(trace, plan)) == pytest.approx({0: 0.010, 1: 0.0, 2: 0.0}, abs=1e-9)
     comparison = compare(trace)
     assert comparison.spread.pipeline_s == pytest.approx(comparison.measured_pipeline_s, abs=1e-7)
     assert comparison.predicted.step_time_s == pytest.approx(comparison.measured_pipeline_s, abs=1e-7)

@@ -36,7 +36,8 @@ def _batches(rank: int) -> list[dict] | None:
 
 def test_each_stage_batch_holds_only_the_fields_it_uses():
     cfg = config_from_dict(RAW)
-    full = list(MicrobatchLoader(build_dataset(cfg.data, cfg.model), global_batch_size=8, num_microbatches=2).next_step())
+    loader = MicrobatchLoader(build_dataset(cfg.data, cfg.model), global_batch_size=8, num_microbatches=2)
+    full = list(loader.next_step())
     wanted = {
         0: lambda b: {"modality_inputs": b["modality_inputs"]},
         1: lambda b: {"input_ids": b["input_ids"], "position_ids": b["position_ids"]},

@@ -16,8 +16,9 @@ Each layout runs as its own torchrun world (gloo, CPU) training two AdamW steps 
 The table prints the largest value over the ranks holding the language model next to the theory: the module's
 parameter count P times 4 bytes for the weights and the gradients and 8 for AdamW's two moments, divided by the
 sharding degree (``dp_shard``) and by ``tp`` (except the few parameters tensor parallelism leaves whole on every
-rank: norms, the position table, the biases added after a row-split projection), or by ``pp`` for a pipeline stage
-(approximate: the embedding and the head make stages uneven). Activation theory is not attempted: the column to read is how checkpointing changes it.
+rank: norms, the position table, the bias of each projection split by input columns), or by ``pp`` for a pipeline stage
+(approximate: the embedding and the head make stages uneven). Activation theory is not attempted: the column to
+read is how checkpointing changes it.
 """
 
 from __future__ import annotations

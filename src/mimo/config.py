@@ -273,8 +273,9 @@ class MimoConfig:
             raise ValueError(f"layout.{module}.tp must be a positive integer, got {tp!r}")
         if tp == 1:
             return
+        encoders = self._encoders_of(module)
         parts = ({"model.language": self.model.language} if module == LANGUAGE_MODULE else
-                 {f"model.modalities.{module}.encoders.{name}": spec for name, spec in self._encoders_of(module).items()})
+                 {f"model.modalities.{module}.encoders.{name}": spec for name, spec in encoders.items()})
         for owner, spec in parts.items():
             check = getattr(spec, "check_tensor_parallel", None)
             if check is None:

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from mimo.checkpoint.errors import format_problems
+from mimo.model.weights_format import EXPORT_METADATA, check_qkv_layout
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
@@ -27,8 +28,9 @@ def save_safetensors(tensors: dict[str, Tensor], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Cloned: tied weights (embedding and head) share memory, which safetensors refuses to write twice.
     contiguous = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in sorted(tensors.items())}
-    save_file(contiguous, str(path), metadata={"format": "mimo"})
+    save_file(contiguous, str(path), metadata=EXPORT_METADATA)
     return path
+
 
 
 def load_safetensors(path: str | Path) -> dict[str, Tensor]:
@@ -68,7 +70,8 @@ def gather_consolidated(trainer: Trainer) -> dict[str, Tensor] | None:
                 tensor.full_tensor()
     if not dist.is_initialized():
         return local
-    gathered: list[dict[str, Tensor]] | None = [{} for _ in range(dist.get_world_size())] if dist.get_rank() == 0 else None
+    world = dist.get_world_size()
+    gathered: list[dict[str, Tensor]] | None = [{} for _ in range(world)] if dist.get_rank() == 0 else None
     dist.gather_object(local, gathered, dst=0)
     if gathered is None:
         return None
@@ -98,7 +101,11 @@ def load_consolidated(model: nn.Module, path: str | Path) -> None:
     """
     from mimo.model.hf.export import is_hf_export, read_hf_export
 
-    tensors = read_hf_export(path) if is_hf_export(path) else load_safetensors(path)
+    if is_hf_export(path):
+        tensors = read_hf_export(path)
+    else:
+        tensors = load_safetensors(path)
+        check_qkv_layout(path, tensors)
     problems = []
     for name, parameter in model.named_parameters():
         if name not in tensors:

@@ -14,8 +14,8 @@ from torch.distributed.device_mesh import DeviceMesh
 from mimo.model.compute import run_layer
 from mimo.model.configs import AudioEncoderConfig
 from mimo.model.encoder_layers import build_encoder_blocks, check_hidden, check_layer_range, missing_part_error
-from mimo.model.types import EncoderOutput, check_items_per_sample, sum_per_sample
 from mimo.model.tensor_parallel import split
+from mimo.model.types import EncoderOutput, check_items_per_sample, sum_per_sample
 
 __all__ = ["AudioEncoder"]
 
@@ -56,7 +56,7 @@ class AudioEncoder(nn.Module):
         self.norm = nn.RMSNorm(config.hidden_size) if has_head else None
 
     def apply_tensor_parallel(self, mesh: DeviceMesh) -> None:
-        """Split its blocks (embeddings, norm stay whole) over the 1-D ``tp`` mesh (see ``mimo.model.tensor_parallel``)."""
+        """Split its blocks over the 1-D ``tp`` mesh; embeddings and norm stay whole (``mimo.model.tensor_parallel``)."""
         split(self, mesh)
 
     @property

@@ -81,7 +81,7 @@ class LanguageModel(nn.Module):
         self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False) if has_head else None
 
     def apply_tensor_parallel(self, mesh: DeviceMesh) -> None:
-        """Split its blocks, the token embedding and the head over the 1-D ``tp`` mesh (see ``mimo.model.tensor_parallel``)."""
+        """Split its blocks, the token embedding and the head over the 1-D ``tp`` mesh (``model.tensor_parallel``)."""
         split(self, mesh, vocabulary_plan())
 
     @property

@@ -101,11 +101,11 @@ def _row_groups(layouts: Mapping[str, ModuleLayout], rank: int, timeout: timedel
     return rows
 
 
-MESH_DIMS = ("dp", "dp_shard", "tp")
-"""Names of a module stage's mesh dimensions, outermost first (the rank order of ``ModuleLayout``)."""
+MESH_AXES = ("dp", "dp_shard", "tp")
+"""Names of a module stage's mesh axes, outermost first (the rank order of ``ModuleLayout``)."""
 
 
-def mesh_dims(layout: ModuleLayout) -> tuple[str, ...]:
+def mesh_axes(layout: ModuleLayout) -> tuple[str, ...]:
     """The dimensions of a module stage's mesh: ``dp_shard`` (with ``dp`` too for HSDP) where FSDP2 shards, and
     ``tp`` where tensor parallelism splits layers. Plain replication (``dp`` without ``dp_shard``) is reduced by
     the trainer over its own groups, so it is not a mesh dimension; a layout with none of these has no mesh."""
@@ -121,7 +121,7 @@ def build_module_meshes(
     layouts: Mapping[str, ModuleLayout], rank: int, *, device_type: str, timeout: timedelta
 ) -> dict[str, DeviceMesh]:
     """The mesh of each module stage this rank holds whose layout shards it (``dp_shard > 1``) or splits its
-    layers (``tp > 1``), with the dimensions of ``mesh_dims`` (collective, fixed order).
+    layers (``tp > 1``), with the axes of ``mesh_axes`` (collective, fixed order).
 
     A module need not cover the world, so the mesh is built from groups made here over its stage's ranks
     (``DeviceMesh.from_group``) rather than by ``init_device_mesh``. Every rank creates every group in the same
@@ -132,7 +132,7 @@ def build_module_meshes(
     if not dist.is_initialized():
         return meshes
     for module, layout in layouts.items():
-        dims = mesh_dims(layout)
+        dims = mesh_axes(layout)
         if not dims:
             continue
         for stage in range(layout.pp):
@@ -142,7 +142,7 @@ def build_module_meshes(
                                  for replica in range(layout.dp)])
             mine = {}
             for name in dims:
-                axis = MESH_DIMS.index(name)
+                axis = MESH_AXES.index(name)
                 for line in grid.movedim(axis, -1).reshape(-1, grid.shape[axis]).tolist():
                     group = dist.new_group(line, timeout=timeout)
                     if rank in line:
@@ -151,7 +151,7 @@ def build_module_meshes(
                 continue
             # This rank's sub-grid: its own coordinate on every dimension that is not a mesh dimension.
             where = (grid == rank).nonzero()[0].tolist()
-            index = tuple(slice(None) if name in dims else where[axis] for axis, name in enumerate(MESH_DIMS))
+            index = tuple(slice(None) if name in dims else where[axis] for axis, name in enumerate(MESH_AXES))
             meshes[module] = DeviceMesh.from_group([mine[name] for name in dims], device_type, mesh=grid[index],
                                                    mesh_dim_names=dims)
     return meshes

@@ -177,9 +177,9 @@ def _check_colocated(layouts: Mapping[str, ModuleLayout], world_size: int) -> No
         for name, layout in layouts.items():
             if layout.dp_size % language.dp_size:
                 raise ValueError(
-                    f"colocated module {name!r} has data-parallel size {layout.dp_size} (tp {layout.tp}), fewer than "
-                    f"the language model's {language.dp_size} (tp {language.tp}): an encoder next to the language "
-                    "model must be at least as data-parallel (give it the smaller tp)"
+                    f"colocated module {name!r} has data-parallel size {layout.dp_size} (tp {layout.tp}), not a "
+                    f"multiple of the language model's {language.dp_size} (tp {language.tp}): an encoder next to the "
+                    "language model must split each language replica's samples (give it the smaller tp)"
                 )
     layout = next(iter(layouts.values()))
     if layout.ranks != range(world_size):

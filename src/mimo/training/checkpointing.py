@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FORMAT = "mimo-checkpoint"
-VERSION = 1
+VERSION = 2
+"""2: the built-in blocks' fused ``qkv`` is head-major (``[q k v]`` per head); version 1 stored ``[q | k | v]``."""
 _OPTIMIZER_STATE_KEYS = {torch.optim.AdamW: ("step", "exp_avg", "exp_avg_sq"), torch.optim.SGD: ("momentum_buffer",)}
 
 
@@ -133,6 +134,9 @@ class Checkpointer:
         present, error = {}, None
         try:
             meta = read_json(folder / "meta.json")
+            if meta.get("format") == FORMAT and meta.get("version") == 1:
+                raise CheckpointError(f"{folder / 'meta.json'}: a {FORMAT} v1 checkpoint, whose built-in attention "
+                                      f"weights are laid out as [q | k | v]; this mimo reads v{VERSION} (head-major)")
             if meta.get("format") != FORMAT or meta.get("version") != VERSION:
                 raise CheckpointError(f"{folder / 'meta.json'}: not a {FORMAT} v{VERSION} checkpoint")
             present = self._tensors_to_load(folder, meta)

@@ -229,7 +229,8 @@ class Trainer:
             with self._failure("all-reduce of the tied embedding's gradients between the first and last stage"):
                 grads.all_reduce_grads(self.tied_params, self.groups.tied)
         for module, params in self.params_by_module.items():
-            ranks = self.plan.layouts[module].dp_ranks(self.engine.role.stages[module], self.engine.role.tp_rank[module])
+            role = self.engine.role
+            ranks = self.plan.layouts[module].dp_ranks(role.stages[module], role.tp_rank[module])
             # Sharded parameters were summed by FSDP in the backward (reduce-scatter, and all-reduce for HSDP).
             replicated = [p for p in params if not reduced_by_fsdp(p)]
             with self._failure(f"module {module!r}: all-reduce of gradients over its data-parallel ranks {ranks}"):

@@ -85,3 +85,18 @@ def test_wrong_padding_mask_shape_is_rejected() -> None:
 def test_hidden_not_divisible_by_heads_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"hidden_size \(10\).*num_heads \(4\)"):
         TransformerBlock(10, 4, 2, causal=True)
+
+
+def test_a_weights_file_from_before_the_head_major_qkv_is_refused(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from mimo.model.weights_format import EXPORT_METADATA, check_qkv_layout
+
+    tensors = {"language.layers.0.qkv.weight": torch.zeros(6, 2)}
+    old, new = tmp_path / "old.safetensors", tmp_path / "new.safetensors"
+    save_file(tensors, str(old), metadata={"format": "mimo"})
+    save_file(tensors, str(new), metadata=EXPORT_METADATA)
+    check_qkv_layout(new, tensors)
+    check_qkv_layout(old, ["language.layers.0.q_proj.weight"])  # no built-in block: nothing to misread
+    with pytest.raises(ValueError, match=r"old.safetensors: its built-in attention weights \(qkv\) are laid out"):
+        check_qkv_layout(old, tensors)

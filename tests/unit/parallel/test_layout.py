@@ -114,7 +114,7 @@ def test_valid_non_colocated_and_colocated_layouts() -> None:
             {"images": L(tp=2), "language": L(dp=2)},
             2,
             4,
-            r"colocated module 'images' has data-parallel size 1 \(tp 2\), fewer than the language model's 2 \(tp 1\)",
+            r"colocated module 'images' has data-parallel size 1 \(tp 2\), not a multiple of the language model's 2",
         ),
         (
             {"images": L(pp=2), "language": L(pp=2)},

@@ -111,7 +111,7 @@ class HFAudioEncoder(nn.Module):
         tp = tp_size(self, mesh, "hf audio encoder")
         self.config.check_tensor_parallel(tp)
         for layer in self.encoder.layers.values():
-            parallelize(layer, mesh, encoder_layer_plan(""), [layer.self_attn])
+            parallelize(layer, mesh, plan=encoder_layer_plan(""), attentions=[layer.self_attn])
 
     def forward(self, features: Tensor, lengths: Tensor, items_per_sample: Tensor) -> EncoderOutput:
         """Encode ``features [N, T, F]`` with ``lengths [N]`` valid frames into sample-major token rows."""

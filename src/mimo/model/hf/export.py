@@ -23,6 +23,7 @@ from torch import Tensor
 from mimo.model.configs import LANGUAGE_MODULE, MimoModelConfig
 from mimo.model.hf.encoder_config import HFEncoderConfig
 from mimo.model.hf.language_config import HFLanguageConfig
+from mimo.model.weights_format import EXPORT_METADATA, check_qkv_layout
 
 __all__ = ["MANIFEST", "export_hf", "is_hf_export", "read_hf_export"]
 
@@ -64,7 +65,7 @@ def export_hf(weights: dict[str, Tensor], config: MimoModelConfig, out: str | Pa
         name: {"token": m.placeholder, "id": m.token_id} for name, m in config.modalities.items()
     }
     save_file({k: v.detach().cpu().contiguous() for k, v in sorted(remaining.items())}, str(out / OTHER_MODULES),
-              metadata={"format": "mimo"})
+              metadata=EXPORT_METADATA)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out / MANIFEST
 
@@ -155,5 +156,7 @@ def read_hf_export(folder: str | Path) -> dict[str, Tensor]:
             tensors[f"{prefix}lm_head.weight"] = tensors[f"{prefix}model.embed_tokens.weight"]
     other = folder / manifest.get("other", OTHER_MODULES)
     if other.is_file():
-        tensors.update(load_file(str(other)))
+        rest = load_file(str(other))
+        check_qkv_layout(other, rest)
+        tensors.update(rest)
     return tensors

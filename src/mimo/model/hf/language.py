@@ -179,7 +179,7 @@ class HFLanguageSlice(nn.Module):
                 plan["model.embed_tokens"] = RowwiseParallel(input_layouts=Replicate())
             if self.has_head:
                 plan["lm_head"] = ColwiseParallel(output_layouts=Replicate())
-        parallelize(self, mesh, plan, [layer.self_attn for layer in self.model.layers.values()])
+        parallelize(self, mesh, plan=plan, attentions=[layer.self_attn for layer in self.model.layers.values()])
 
     def embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
         """``[B, S]`` token ids -> ``[B, S, H]`` (positions enter through the rotary embedding, per layer)."""

@@ -89,13 +89,14 @@ def localize_heads(attention: nn.Module, tp: int) -> None:
             setattr(attention, name, value // tp)
 
 
-def parallelize(module: nn.Module, mesh: DeviceMesh, plan: dict[str, ParallelStyle],
+def parallelize(module: nn.Module, mesh: DeviceMesh, *, plan: dict[str, ParallelStyle],
                 attentions: Iterable[nn.Module]) -> None:
     """Apply ``plan`` (names relative to ``module``) on ``mesh`` and localize the head counts of ``attentions``.
 
     The caller has checked the mesh (``tp_size``) and that its size divides every split size.
     """
-    parallelize_module(module, mesh, plan)
+    # src_data_rank=None: every rank read the same whole weights from the folder, so each keeps its own part
+    # without a scatter from rank 0.
+    parallelize_module(module, mesh, plan, src_data_rank=None)
     for attention in attentions:
         localize_heads(attention, mesh.size())
-

@@ -128,7 +128,7 @@ class HFVisionEncoder(nn.Module):
         tp = tp_size(self, mesh, "hf vision encoder")
         self.config.check_tensor_parallel(tp)
         for layer in self.tower.encoder["layers"].values():
-            parallelize(layer, mesh, encoder_layer_plan("mlp."), [layer.self_attn])
+            parallelize(layer, mesh, plan=encoder_layer_plan("mlp."), attentions=[layer.self_attn])
 
     def forward(self, pixel_values: Tensor, items_per_sample: Tensor) -> EncoderOutput:
         """Encode ``[N, C, H, W]`` images (in sample order) into ``[N * tokens_per_image, D]`` rows."""

@@ -16,7 +16,7 @@ from mimo.export import export_consolidated
 from mimo.training.run_plan import plan_run
 from mimo.training.trainer import Trainer
 from tests.distributed.launcher import run_ranks
-from tests.parity.reference import reference_training, settle_key_biases
+from tests.parity.reference import reference_run, reference_training, settle_key_biases
 
 
 def _train_rank(rank: int, world_size: int, raw_config: dict[str, Any], steps: int, out: str) -> list[float]:
@@ -71,6 +71,16 @@ def assert_same_training(
             continue
         error = relative_error(weights[name] - initial[name], ref_update)
         assert error <= update_rtol, f"{name}: updates differ by {error:.2e} (relative)"
+
+
+def assert_run_matches_reference(raw: dict[str, Any], steps: int, *, world_size: int, tmp_path: Path,
+                                 initial: dict[str, torch.Tensor]) -> None:
+    """Train ``raw`` over ``world_size`` ranks and in one process (SGD): every rank's loss equal, and the losses
+    and weights those of the reference (``assert_same_training``)."""
+    ref_losses, ref_weights = reference_run(raw, steps)
+    losses, weights = distributed_run(raw, steps, world_size=world_size, tmp_path=tmp_path)
+    assert all(rank_losses == losses[0] for rank_losses in losses), f"ranks disagree on the loss: {losses}"
+    assert_same_training(losses[0], weights, ref_losses, ref_weights, initial=initial)
 
 
 def assert_adamw_run_matches(raw: dict[str, Any], steps: int, *, world_size: int, tmp_path: Path,

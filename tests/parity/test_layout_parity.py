@@ -14,8 +14,13 @@ import pytest
 from mimo.config import config_from_dict
 from mimo.data import MicrobatchLoader, SyntheticMimoDataset
 from mimo.model import MimoModel
-from tests.parity.harness import assert_adamw_run_matches, assert_same_training, distributed_run
-from tests.parity.reference import reference_run, reference_training
+from tests.parity.harness import (
+    assert_adamw_run_matches,
+    assert_run_matches_reference,
+    assert_same_training,
+    distributed_run,
+)
+from tests.parity.reference import reference_training
 
 pytestmark = pytest.mark.distributed
 
@@ -77,10 +82,7 @@ def test_layout_matches_single_process_reference(case, tmp_path):
     world_size, raw = CASES[case]
     cfg = config_from_dict(copy.deepcopy(raw))
     initial = {name: t.detach().clone() for name, t in MimoModel(cfg.model, seed=cfg.train.seed).state_dict().items()}
-    ref_losses, ref_weights = reference_run(raw, STEPS)
-    losses, weights = distributed_run(raw, STEPS, world_size=world_size, tmp_path=tmp_path)
-    assert all(rank_losses == losses[0] for rank_losses in losses), f"ranks disagree on the loss: {losses}"
-    assert_same_training(losses[0], weights, ref_losses, ref_weights, initial=initial)
+    assert_run_matches_reference(raw, STEPS, world_size=world_size, tmp_path=tmp_path, initial=initial)
 
 
 def test_parity_data_has_variable_items_per_sample():

@@ -15,8 +15,7 @@ import pytest
 from mimo.config import config_from_dict
 from mimo.model import MimoModel
 from tests.distributed.test_checkpoint_resume import _raw, _run
-from tests.parity.harness import assert_adamw_run_matches, assert_same_training, distributed_run
-from tests.parity.reference import reference_run
+from tests.parity.harness import assert_adamw_run_matches, assert_run_matches_reference
 from tests.parity.test_layout_parity import STEPS, _config
 
 pytestmark = pytest.mark.distributed
@@ -54,10 +53,7 @@ def _initial(raw: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_sharded_layout_matches_single_process_reference(case, tmp_path):
     world_size, raw = CASES[case]
-    ref_losses, ref_weights = reference_run(raw, STEPS)
-    losses, weights = distributed_run(raw, STEPS, world_size=world_size, tmp_path=tmp_path)
-    assert all(rank_losses == losses[0] for rank_losses in losses), f"ranks disagree on the loss: {losses}"
-    assert_same_training(losses[0], weights, ref_losses, ref_weights, initial=_initial(raw))
+    assert_run_matches_reference(raw, STEPS, world_size=world_size, tmp_path=tmp_path, initial=_initial(raw))
 
 
 ADAMW = (

@@ -9,8 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.distributed.test_checkpoint_resume import _raw, _run
-from tests.parity.harness import assert_adamw_run_matches, assert_same_training, distributed_run
-from tests.parity.reference import reference_run
+from tests.parity.harness import assert_adamw_run_matches, assert_run_matches_reference
 from tests.parity.test_layout_parity import STEPS, _config
 from tests.parity.test_sharded_parity import _fresh, _initial
 
@@ -47,10 +46,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_tensor_parallel_layout_matches_single_process_reference(case, tmp_path):
     world_size, raw = CASES[case]
-    ref_losses, ref_weights = reference_run(raw, STEPS)
-    losses, weights = distributed_run(raw, STEPS, world_size=world_size, tmp_path=tmp_path)
-    assert all(rank_losses == losses[0] for rank_losses in losses), f"ranks disagree on the loss: {losses}"
-    assert_same_training(losses[0], weights, ref_losses, ref_weights, initial=_initial(raw))
+    assert_run_matches_reference(raw, STEPS, world_size=world_size, tmp_path=tmp_path, initial=_initial(raw))
 
 
 @pytest.mark.timeout(120)
@@ -98,7 +94,4 @@ COLOCATED_CASES = {
 @pytest.mark.parametrize("case", sorted(COLOCATED_CASES))
 def test_colocated_modules_with_different_layouts_match_reference(case, tmp_path):
     world_size, raw = COLOCATED_CASES[case]
-    ref_losses, ref_weights = reference_run(raw, STEPS)
-    losses, weights = distributed_run(raw, STEPS, world_size=world_size, tmp_path=tmp_path)
-    assert all(rank_losses == losses[0] for rank_losses in losses), f"ranks disagree on the loss: {losses}"
-    assert_same_training(losses[0], weights, ref_losses, ref_weights, initial=_initial(raw))
+    assert_run_matches_reference(raw, STEPS, world_size=world_size, tmp_path=tmp_path, initial=_initial(raw))

@@ -78,9 +78,10 @@ class MicrobatchLoader:
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
         self.load_ahead = load_ahead
         """In process: load all of a step's microbatches when it starts, not each when it is asked for. Where the
-        microbatches run back to back (one process, the whole model), loading between them costs more than the
-        loading itself (0.2 ms a step on the tiny recipe: the loader and the model evict each other's working
-        set); a pipeline stage keeps loading on demand, so its first forward does not wait for its last batch."""
+        microbatches run back to back (one process, the whole model), the same loading done between them costs
+        0.2 ms a step more on the tiny recipe (with one thread as with two: most likely the loader and the model
+        evicting each other's caches); a pipeline stage keeps loading on demand, so that its first forward does
+        not wait for its last microbatch."""
         self._prefetched: Iterator[Batch] | None = None
         """Batches the DataLoader workers prepare, from the current position on (None: not started)."""
 

@@ -67,7 +67,7 @@ def squared_norm(params: Sequence[nn.Parameter], device: torch.device | None = N
     """
     if not params:
         return torch.zeros((), dtype=torch.float32, device=device)
-    norms = torch._foreach_norm([local_grad(parameter).detach() for parameter in params])
+    norms = torch._foreach_norm([local_grad(parameter) for parameter in params])  # gradients carry no graph
     return torch.stack(norms).float().pow(2).sum()
 
 

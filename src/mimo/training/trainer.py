@@ -39,7 +39,7 @@ from mimo.training import grads
 from mimo.checkpoint.manifest import path_sha256
 from mimo.training.checkpointing import Checkpointer, frozen_hf_fingerprints
 from mimo.training.engines import FusedEngine, PipelineEngine
-from mimo.data.tokens import tokens_per_sample
+from mimo.data.tokens import modality_token_count
 from mimo.training.flops import measure_matmul_peak, module_flops
 from mimo.training.metrics import MetricsLog, StepMetrics
 from mimo.training.tensorboard import TensorBoardLog
@@ -73,7 +73,9 @@ class Trainer:
     def __init__(self, cfg: MimoConfig, ctx: DistributedContext, plan: RunPlan, *, init_from: str | None = None):
         self.cfg, self.ctx, self.plan = cfg, ctx, plan
         self.trace = RunTrace(cfg, plan, rank=ctx.rank, synchronize=ctx.synchronize) if cfg.train.trace else None
-        timers = self.trace.timers(ctx.synchronize) if self.trace else Timers(synchronize=ctx.synchronize)
+        # Phase timers wait for the device only under ``train.profile``: elsewhere a sync per phase would stall it.
+        sync = ctx.synchronize if cfg.train.profile else _no_sync
+        timers = self.trace.timers(sync) if self.trace else Timers(synchronize=sync)
         self.state = GlobalState(cfg=cfg, timers=timers)
         self.preemption: PreemptionHandler | None = None
         self.stop_requested = False
@@ -128,6 +130,7 @@ class Trainer:
             module: [p for p in params if id(p) not in repeated] for module, params in self.params_by_module.items()
         }
         self.optimizers = ModuleOptimizers(self.params_by_module, cfg.optim, total_steps=cfg.train.steps)
+        self._norm_params_cache: dict[str, list[Any]] = {}
         # Replica 0 of each stage reports its stage's parameters; summed over the world: each whole module's.
         self._local_parameters = {
             module: sum(p.numel() for p in parameters_of(self.model, module) if id(p) not in repeated)
@@ -204,8 +207,8 @@ class Trainer:
                     self._step_tokens[module] += int(batch["input_ids"].numel())
                 else:
                     inputs = batch["modality_inputs"][module]
-                    self._step_tokens[module] += int(tokens_per_sample(module, self.cfg.model.modalities[module],
-                                                                       inputs).sum())
+                    modality = self.cfg.model.modalities[module]
+                    self._step_tokens[module] += modality_token_count(module, modality, inputs)
             yield batch
 
     @property
@@ -275,13 +278,17 @@ class Trainer:
     def _norm_params(self, module: str) -> list[Any]:
         """The parameters whose gradients this rank adds to ``module``'s squared norm: each part of a split
         gradient once, a copied one on one rank only (``sharding.counts_once``)."""
+        cached = self._norm_params_cache.get(module)
+        if cached is not None:
+            return cached
         params = self.norm_params_by_module.get(module, [])
-        if not params:
-            return []
-        layout, role = self.plan.layouts[module], self.engine.role
-        replica, shard = layout.replica_and_shard(role.dp_rank[module])
-        coordinates = {"dp": replica, "dp_shard": shard, "tp": role.tp_rank[module]}
-        return [p for p in params if counts_once(p, coordinates)]
+        if params:
+            layout, role = self.plan.layouts[module], self.engine.role
+            replica, shard = layout.replica_and_shard(role.dp_rank[module])
+            coordinates = {"dp": replica, "dp_shard": shard, "tp": role.tp_rank[module]}
+            params = [p for p in params if counts_once(p, coordinates)]
+        self._norm_params_cache[module] = params  # fixed once the parameters are built (and split, and sharded)
+        return params
 
     def _nonfinite_problem(self, loss: float, module_norms: dict[str, float], bad_microbatch: int) -> str:
         step = self.state.train_state.step + 1

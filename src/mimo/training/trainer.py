@@ -15,7 +15,7 @@ import math
 import time
 from datetime import timedelta
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 from pathlib import Path
@@ -28,7 +28,7 @@ from mimo.config import MimoConfig
 from mimo.data import MicrobatchLoader
 from mimo.data.format import Sample
 from mimo.distributed import DistributedContext, raise_if_any_rank_failed
-from mimo.errors import CommunicationError, NonFiniteError, TrainingError
+from mimo.errors import NonFiniteError
 from mimo.export import load_consolidated
 from mimo.model.configs import LANGUAGE_MODULE
 from mimo.model.tied import tied_copies
@@ -38,6 +38,7 @@ from mimo.pipeline.runner import StageLosses
 from mimo.training import grads
 from mimo.checkpoint.manifest import path_sha256
 from mimo.training.checkpointing import Checkpointer, frozen_hf_fingerprints
+from mimo.training.collective_failures import CollectiveFailures
 from mimo.training.engines import FusedEngine, PipelineEngine
 from mimo.data.tokens import modality_token_count
 from mimo.training.flops import measure_matmul_peak, module_flops
@@ -119,6 +120,8 @@ class Trainer:
         # Tensor parallelism and FSDP2 replace parameters by DTensors: after loading and freezing, before the
         # optimizers.
         self.engine.shard(self.meshes)
+        self.failures = CollectiveFailures(ctx.rank, self.engine.role.stages, cfg.train.collective_timeout_s,
+                                           self.meshes)
         self.params_by_module = trainable_parameters(self.model, self.engine.modules)
         self.params = [p for params in self.params_by_module.values() for p in params]
         copies = tied_copies(self.model)
@@ -168,7 +171,7 @@ class Trainer:
         waited_before = timers.totals().get("comm-wait", 0.0)
         self.optimizers.zero_grad()
         microbatches = self._counting(self.loader.next_step()) if self.loader is not None else None
-        with self._sharded_collectives("the step's forward and backward"):
+        with self.failures.inside_meshes("the step's forward and backward"):
             losses = self.engine.run(microbatches)
         with timers("grad-reduce"):
             totals = self._reduce_step(losses, timers.totals().get("comm-wait", 0.0) - waited_before)
@@ -229,14 +232,14 @@ class Trainer:
         for params in self.params_by_module.values():
             grads.materialize_grads(params)
         if self.groups.tied is not None and self.tied_params:
-            with self._failure("all-reduce of the tied embedding's gradients between the first and last stage"):
+            with self.failures.around("all-reduce of the tied embedding's gradients between the first and last stage"):
                 grads.all_reduce_grads(self.tied_params, self.groups.tied)
         for module, params in self.params_by_module.items():
             role = self.engine.role
             ranks = self.plan.layouts[module].dp_ranks(role.stages[module], role.tp_rank[module])
             # Sharded parameters were summed by FSDP in the backward (reduce-scatter, and all-reduce for HSDP).
             replicated = [p for p in params if not reduced_by_fsdp(p)]
-            with self._failure(f"module {module!r}: all-reduce of gradients over its data-parallel ranks {ranks}"):
+            with self.failures.around(f"module {module!r}: all-reduce of gradients over its data-parallel ranks {ranks}"):
                 grads.all_reduce_grads(replicated, self.groups.dp_group(module))
         device = self.ctx.device
         norms = [grads.squared_norm(self._norm_params(m), device) for m in self.all_modules]
@@ -259,7 +262,7 @@ class Trainer:
             losses.nonfinite(num_microbatches, device), host[1:],
         ])
         if dist.is_initialized():
-            with self._failure(f"all-reduce of the step's loss, token count and gradient norms over ranks "
+            with self.failures.around(f"all-reduce of the step's loss, token count and gradient norms over ranks "
                                f"0..{world - 1}"):
                 dist.all_reduce(totals)
         return StepTotals(totals.cpu(), num_modules=len(self.all_modules), num_microbatches=num_microbatches)
@@ -304,33 +307,6 @@ class Trainer:
         self.state.train_state.skipped_steps += 1
         logger.warning("%s; update skipped on every rank (train.on_nonfinite=skip)", problem)
 
-    def _sharded_collectives(self, what: str) -> AbstractContextManager[None]:
-        """FSDP gathers weights and reduces gradients, and tensor parallelism sums partial results, inside the
-        forward and backward of a module with a mesh, so a peer that dies there is reported like any other
-        collective. Without a mesh nothing is wrapped: a RuntimeError in a forward is then a bug to show as it
-        is, not a peer to blame."""
-        if not self.meshes:
-            return nullcontext()
-        modules = ", ".join(f"module {module!r}" for module in self.meshes)
-        dims = {name for mesh in self.meshes.values() for name in mesh.mesh_dim_names or ()}
-        work = [text for dim, text in (("dp_shard", "FSDP gathers and reduces over the shard ranks"),
-                                       ("tp", "tensor parallelism sums over the tp ranks")) if dim in dims]
-        return self._failure(f"{what} ({modules}: {' and '.join(work)})")
-
-    @contextmanager
-    def _failure(self, what: str) -> Iterator[None]:
-        """Turn a failed collective into a CommunicationError that says what this rank was doing."""
-        try:
-            yield
-        except RuntimeError as error:
-            if isinstance(error, TrainingError):
-                raise
-            role = ", ".join(f"module {m!r} stage {s}" for m, s in self.engine.role.stages.items())
-            raise CommunicationError(
-                f"rank {self.ctx.rank} ({role}): {what} failed: a peer died or did not answer within "
-                f"train.collective_timeout_s={self.cfg.train.collective_timeout_s} ({error})"
-            ) from error
-
     def _language_lr(self) -> float:
         """The language model's scheduled learning rate for this step (known on every rank, frozen or not)."""
         base = self.cfg.optim.for_module(LANGUAGE_MODULE).lr
@@ -362,7 +338,7 @@ class Trainer:
 
     def _save(self, log: MetricsLog | None) -> int:
         step = self.state.train_state.step
-        with self.state.timers("checkpoint"), self._failure(f"saving the checkpoint of step {step}"):
+        with self.state.timers("checkpoint"), self.failures.around(f"saving the checkpoint of step {step}"):
             folder = self.checkpointer.save()
         if log is not None:
             log.write(f"checkpoint: {folder}")
@@ -393,12 +369,12 @@ class Trainer:
         with self.state.timers("validation"):
             for _ in range(batches):
                 microbatches = self.validation_loader.next_step() if self.validation_loader is not None else None
-                with self._sharded_collectives("the validation forward"):
+                with self.failures.inside_meshes("the validation forward"):
                     losses = self.engine.evaluate(microbatches)
                 if self.engine.role.leads_tensor_parallel:  # the rest of its tensor-parallel group repeats it
                     totals += losses.total(self.ctx.device)
             if dist.is_initialized():
-                with self._failure("all-reduce of the validation loss"):
+                with self.failures.around("all-reduce of the validation loss"):
                     dist.all_reduce(totals)
         loss_sum, tokens = totals.cpu().tolist()
         return loss_sum / max(tokens, 1.0)

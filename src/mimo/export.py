@@ -57,17 +57,18 @@ def export_consolidated(trainer: Trainer, path: str | Path) -> Path | None:
 def gather_consolidated(trainer: Trainer) -> dict[str, Tensor] | None:
     """The whole model's weights on rank 0, gathered from every rank's part (None on the other ranks)."""
     role = trainer.engine.role
-    is_first_replica = all(role.dp_rank[module] == 0 and role.tp_rank[module] == 0 for module in trainer.engine.modules)
+    # Per module: a rank may hold replica 0 of one module and another replica of the next (an encoder sharing
+    # the ranks of a pipelined language model).
+    keeps = {module for module in trainer.engine.modules if role.dp_rank[module] == 0 and role.tp_rank[module] == 0}
     # Every rank of a sharded or tensor-parallel stage takes part in gathering its full tensors (collective,
     # state_dict order); data- and tensor-parallel rank 0 keeps them, the other ranks copy nothing to the CPU.
     state = trainer.model.state_dict()
     local: dict[str, Tensor] = {}
-    if is_first_replica:
-        local = {name: _full(t) for name, t in state.items()}
-    else:
-        for tensor in state.values():
-            if isinstance(tensor, DTensor):
-                tensor.full_tensor()
+    for name, tensor in state.items():
+        if _module_of(name) in keeps:
+            local[name] = _full(tensor)
+        elif isinstance(tensor, DTensor):
+            tensor.full_tensor()
     if not dist.is_initialized():
         return local
     world = dist.get_world_size()
@@ -82,6 +83,12 @@ def gather_consolidated(trainer: Trainer) -> dict[str, Tensor] | None:
             raise RuntimeError(f"two ranks export the same tensors {duplicated[:5]}: the layout overlaps")
         merged.update(part)
     return merged
+
+
+def _module_of(name: str) -> str:
+    """The module a state-dict entry belongs to: ``language.*`` or ``modalities.<name>.*``."""
+    head, _, rest = name.partition(".")
+    return rest.partition(".")[0] if head == "modalities" else head
 
 
 def _full(tensor: Tensor) -> Tensor:

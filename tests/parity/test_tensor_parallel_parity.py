@@ -87,6 +87,15 @@ COLOCATED_CASES = {
     "colocated_images_dp4_language_dp2_tp2": (
         4, _config(layout={"images": _entry(dp=4), "language": _entry(dp=2, tp=2)})
     ),
+    # a language model pipelined over its encoder's ranks: each rank runs an image replica and a language stage;
+    # rows cross to the language replica owning their samples, on the rank or to another one
+    "colocated_images_dp4_language_pp2_dp2": (
+        4, _config(layout={"images": _entry(dp=4), "language": _entry(dp=2, pp=2)})
+    ),
+    # two ranks, more microbatches than the two sends a channel may have in flight elsewhere
+    "colocated_images_dp2_language_pp2": (
+        2, _config(layout={"images": _entry(dp=2), "language": _entry(pp=2)}, num_microbatches=4)
+    ),
 }
 
 

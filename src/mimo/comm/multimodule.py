@@ -12,6 +12,9 @@ of every incoming channel is posted ahead: at the start, then right after each m
 done on gloo only: its transfers run on its own threads, whereas NCCL runs one group's operations in order on
 one stream, where a receive posted early would hold back the sends queued behind it on the same group; there
 each receive is posted when its action runs.
+
+A route that starts and ends on this rank (an encoder colocated with a pipelined language model) goes through
+the rank's ``LocalHandoffs`` instead of a channel, with the same splits, checks and copy.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from mimo.activation_keys import counts_key, is_metadata_key, owner_of
+from mimo.comm.local_handoffs import LocalHandoffs
 from mimo.comm.p2p import Inbox, Outbox, TransferFailed, WireError
 from mimo.comm.routing import Route, RoutingPlan, split_rows
 from mimo.errors import CommunicationError
@@ -45,6 +49,8 @@ class MultiModulePipelineCommunicator:
             None uses the default group.
         max_sends_in_flight: hops per outgoing channel whose buffers may still be in flight (see ``Outbox``).
         post_receives_early: post receives ahead of need; None decides by backend (gloo yes, others no).
+        local: the mailbox shared with the other modules' communicators of this rank, for routes that stay on
+            it; None where no route does.
     """
 
     rank: int
@@ -57,6 +63,7 @@ class MultiModulePipelineCommunicator:
     gradient_group: dist.ProcessGroup | None = None
     max_sends_in_flight: int = 2
     post_receives_early: bool | None = None
+    local: LocalHandoffs | None = None
     _in_rows: dict[int, dict[int, int]] = field(default_factory=dict)
     _out_rows: dict[int, dict[int, int]] = field(default_factory=dict)
     _outboxes: dict[tuple[str, int], Outbox] = field(default_factory=dict)
@@ -75,6 +82,9 @@ class MultiModulePipelineCommunicator:
             raise ValueError(f"module {self.module!r} feeds several modules {successors}; only one is supported")
         self._in_peers = [route.transfer.src_rank for route in self.routes_in]
         self._out_peers = [route.transfer.dst_rank for route in self.routes_out]
+        self._in_modules = [route.src_module for route in self.routes_in]
+        self._out_modules = [route.dst_module for route in self.routes_out]
+        """The module at the other end of each peer's route (which mailbox a route on this rank uses)."""
         leader, followers = self.routing.tensor_parallel_group(self.rank, self.module)
         self._tp_leader = None if leader == self.rank else leader
         """The rank this follower receives everything from; None on a leader (or without tensor parallelism)."""
@@ -83,6 +93,7 @@ class MultiModulePipelineCommunicator:
         if self._tp_leader is not None:
             # A follower's activations and gradients both come from its leader, and it sends nothing.
             self._in_peers = self._out_peers = [self._tp_leader]
+            self._in_modules = self._out_modules = [self.module]
 
     # step ------------------------------------------------------------------------------------------------
     def begin_step(self, *, forward: Sequence[int], backward: Sequence[int]) -> None:
@@ -114,7 +125,7 @@ class MultiModulePipelineCommunicator:
     # forward ---------------------------------------------------------------------------------------------
     def recv_forward(self, *, microbatch: int) -> dict[str, Tensor]:
         """Inputs of this stage, keyed by source module (within a module: the previous stage's dict)."""
-        received = self._receive(_ACTIVATIONS, self._in_peers, microbatch)
+        received = self._receive(_ACTIVATIONS, microbatch)
         if self._tp_leader is not None:
             inputs = received[0]  # already assembled by the leader
         elif not self.is_bridge_in:
@@ -151,12 +162,12 @@ class MultiModulePipelineCommunicator:
         for route, piece in zip(self.routes_out, torch.split(rows, sizes)):
             samples = route.transfer.src_samples
             payload = {self.module: piece, counts_key(self.module): counts[samples.start : samples.stop]}
-            self._send(_ACTIVATIONS, route.transfer.dst_rank, payload, microbatch)
+            self._send(_ACTIVATIONS, route.transfer.dst_rank, payload, microbatch, receiver=route.dst_module)
 
     # backward --------------------------------------------------------------------------------------------
     def recv_backward(self, *, microbatch: int) -> dict[str, Tensor]:
         """Gradients of this stage's outputs, keyed like the outputs."""
-        received = self._receive(_GRADIENTS, self._out_peers, microbatch)
+        received = self._receive(_GRADIENTS, microbatch)
         if self._tp_leader is not None or not self.is_bridge_out:
             return self._relay_gradients(received[0], microbatch)
         expected = self._out_rows.pop(microbatch)
@@ -193,7 +204,8 @@ class MultiModulePipelineCommunicator:
             indices = [i for i, r in enumerate(self.routes_in) if r.src_module == source]
             pieces = torch.split(input_grads[source], [rows[i] for i in indices])
             for index, piece in zip(indices, pieces):
-                self._send(_GRADIENTS, self.routes_in[index].transfer.src_rank, {source: piece}, microbatch)
+                self._send(_GRADIENTS, self.routes_in[index].transfer.src_rank, {source: piece}, microbatch,
+                           receiver=source)
 
     def send_forward_recv_backward(self, outputs: dict[str, Tensor], *, microbatch: int) -> dict[str, Tensor]:
         self.send_forward(outputs, microbatch=microbatch)
@@ -232,19 +244,25 @@ class MultiModulePipelineCommunicator:
         """Peers this stage receives ``direction`` from."""
         return self._in_peers if direction == _ACTIVATIONS else self._out_peers
 
+    def _peer_modules(self, direction: str) -> list[str]:
+        """The module sending each of ``_peers(direction)``'s messages."""
+        return self._in_modules if direction == _ACTIVATIONS else self._out_modules
+
     def _post_next(self, direction: str) -> None:
         """Post the receive of the next expected message on every incoming channel of ``direction``."""
         expected = self._expected.get(direction)
         if not expected:
             return
         for peer in self._peers(direction):
+            if peer == self.rank:
+                continue  # handed over on the rank: nothing to post
             box = self._inbox(direction, peer)
             try:
                 box.post(expected[0])
             except TransferFailed as error:
                 raise self._error("receive", direction, error.microbatch, peer, error) from error
 
-    def _receive(self, direction: str, peers: list[int], microbatch: int) -> list[dict[str, Tensor]]:
+    def _receive(self, direction: str, microbatch: int) -> list[dict[str, Tensor]]:
         expected = self._expected.get(direction)
         if expected:
             if expected[0] != microbatch:
@@ -254,7 +272,10 @@ class MultiModulePipelineCommunicator:
                 )
             expected.popleft()
         received = []
-        for peer in peers:
+        for peer, sender in zip(self._peers(direction), self._peer_modules(direction)):
+            if peer == self.rank:
+                received.append(self._handoffs().take(direction, sender, self.module, microbatch))
+                continue
             try:
                 received.append(self._inbox(direction, peer).receive(microbatch))
             except (TransferFailed, WireError) as error:
@@ -263,11 +284,23 @@ class MultiModulePipelineCommunicator:
             self._post_next(direction)
         return received
 
-    def _send(self, direction: str, peer: int, payload: dict[str, Tensor], microbatch: int) -> None:
+    def _send(self, direction: str, peer: int, payload: dict[str, Tensor], microbatch: int, *,
+              receiver: str | None = None) -> None:
+        """Send ``payload`` to ``peer``; a bridge route names the ``receiver`` module, in case the peer is this rank."""
+        if peer == self.rank:
+            assert receiver is not None, "only bridge routes may stay on a rank"
+            self._handoffs().put(direction, self.module, receiver, microbatch, payload)
+            return
         try:
             self._outbox(direction, peer).send(payload, microbatch)
         except TransferFailed as error:
             raise self._error("send", direction, error.microbatch, peer, error) from error
+
+    def _handoffs(self) -> LocalHandoffs:
+        if self.local is None:
+            raise RuntimeError(f"module {self.module!r} stage {self.stage}: a route stays on rank {self.rank}, "
+                               "but its communicator has no local mailbox")
+        return self.local
 
     def _error(self, verb: str, direction: str, microbatch: int, peer: int,
                error: BaseException) -> CommunicationError:

@@ -139,7 +139,8 @@ class Route(NamedTuple):
 class RoutingPlan:
     """Forward routes of every stage: to the next stage of its module, or over the bridges of the topology.
 
-    Meant for non-colocated layouts; with colocated layouts every route stays on its rank.
+    Meant for layouts with transfers: non-colocated ones, and a language model pipelined over colocated encoders
+    (where a route may start and end on one rank). A whole model on every rank hands over on the rank.
     """
 
     layouts: Mapping[str, ModuleLayout]
@@ -170,6 +171,29 @@ class RoutingPlan:
             bridge = transfers_to(plan_bridge(src, layout, self.micro_batch_size), rank)
             routes += [Route(source, src.pp - 1, module, 0, t) for t in bridge]
         return routes
+
+    def shared_channels(self) -> list[str]:
+        """Rank pairs over which two different pairs of module stages would send in the same direction.
+
+        A direction between two ranks is one channel with one stream of numbered messages (``comm.p2p``), which
+        one communicator on each side owns; two encoders on one rank sending to the same language rank would
+        interleave on it. Empty where every channel has one owner (always, for non-colocated layouts).
+        """
+        owners: dict[tuple[str, int, int], set[tuple[str, str]]] = {}
+        for module, layout in self.layouts.items():
+            for rank in layout.ranks:
+                for route in self.routes_out(rank, module, layout.stage_of(rank)):
+                    src, dst = route.transfer.src_rank, route.transfer.dst_rank
+                    if src == dst:
+                        continue  # handed over on the rank (``comm.local_handoffs``)
+                    pair = (str(route.src_module), str(route.dst_module))
+                    owners.setdefault(("activations", src, dst), set()).add(pair)
+                    owners.setdefault(("gradients", dst, src), set()).add(pair)
+        return [
+            f"{direction} from rank {src} to rank {dst} would carry both " + " and ".join(
+                f"{a} -> {b}" for a, b in sorted(pairs))
+            for (direction, src, dst), pairs in sorted(owners.items()) if len(pairs) > 1
+        ]
 
     def tensor_parallel_group(self, rank: int, module: str) -> tuple[int, list[int]]:
         """``(leader, followers)`` of the tensor-parallel group of ``rank`` in ``module``.

@@ -87,8 +87,8 @@ def build_module_groups(
 def _row_groups(layouts: Mapping[str, ModuleLayout], rank: int, timeout: timedelta) -> dict[str, dist.ProcessGroup]:
     """One group per language replica for each colocated modality more data-parallel than the language model."""
     language = layouts.get(LANGUAGE_MODULE)
-    if language is None or placement_of(layouts) is not Placement.COLOCATED:
-        return {}
+    if language is None or language.pp > 1 or placement_of(layouts) is not Placement.COLOCATED:
+        return {}  # a pipelined language model receives its rows by transfers (``comm.routing``)
     rows = {}
     for module, layout in layouts.items():
         if module == LANGUAGE_MODULE or layout.dp_size == language.dp_size:

@@ -37,7 +37,9 @@ class Placement(StrEnum):
     """How the modules share ranks."""
 
     COLOCATED = "colocated"
-    """Every module spans the same ranks (pp == 1); hand-offs between modules are local."""
+    """Every module spans the same ranks. With pp == 1 everywhere each rank holds the whole model and hand-offs
+    between modules are local; a pipelined language model may share the ranks of encoders with pp == 1, each rank
+    then holding an encoder and one language stage (``RunPlan.is_fused`` tells the two apart)."""
     NON_COLOCATED = "non_colocated"
     """Modules sit on disjoint rank spans that tile the world; a rank holds exactly one module."""
 
@@ -164,28 +166,43 @@ def _check_names(layouts: Mapping[str, ModuleLayout], module_names: Collection[s
 
 
 def _check_colocated(layouts: Mapping[str, ModuleLayout], world_size: int) -> None:
-    pipelined = {name: layout.pp for name, layout in layouts.items() if layout.pp != 1}
-    if pipelined:
-        raise ValueError(
-            f"colocated modules (all on the same ranks) must have pp == 1, got pp {pipelined}"
-        )
-    # Equal spans with pp == 1 mean equal dp * dp_shard * tp: only tp makes data-parallel sizes differ. An encoder
-    # more data-parallel than the language model splits each language replica's samples over the ranks of that
-    # replica and gathers the rows back (``colocated_rows``); the other way round would need rows scattered.
     language = layouts.get(LANGUAGE_MODULE)
-    if language is not None:
-        for name, layout in layouts.items():
-            if layout.dp_size % language.dp_size:
-                raise ValueError(
-                    f"colocated module {name!r} has data-parallel size {layout.dp_size} (tp {layout.tp}), not a "
-                    f"multiple of the language model's {language.dp_size} (tp {language.tp}): an encoder next to the "
-                    "language model must split each language replica's samples (give it the smaller tp)"
-                )
+    if language is not None and language.pp > 1:
+        # Each rank then holds an encoder and one language stage: encoders run whole, their rows cross to the
+        # language replicas that own their samples (local or not, ``comm.routing``), so any dp sizes that divide
+        # one another work.
+        pipelined = {name: layout.pp for name, layout in layouts.items() if layout.pp != 1 and name != LANGUAGE_MODULE}
+        if pipelined:
+            raise ValueError(
+                f"colocated encoders must have pp == 1 (only the language model may be pipelined over their "
+                f"ranks), got pp {pipelined}"
+            )
+    else:
+        pipelined = {name: layout.pp for name, layout in layouts.items() if layout.pp != 1}
+        if pipelined:
+            raise ValueError(f"colocated modules must have pp == 1 (or a pipelined language model), got pp {pipelined}")
+        _check_colocated_rows(layouts)
     layout = next(iter(layouts.values()))
     if layout.ranks != range(world_size):
         raise ValueError(
             f"colocated modules span ranks {layout.span_text()} but must span the world [0, {world_size - 1}]"
         )
+
+
+def _check_colocated_rows(layouts: Mapping[str, ModuleLayout]) -> None:
+    # Equal spans with pp == 1 mean equal dp * dp_shard * tp: only tp makes data-parallel sizes differ. An encoder
+    # more data-parallel than the language model splits each language replica's samples over the ranks of that
+    # replica and gathers the rows back (``colocated_rows``); the other way round would need rows scattered.
+    language = layouts.get(LANGUAGE_MODULE)
+    if language is None:
+        return
+    for name, layout in layouts.items():
+        if layout.dp_size % language.dp_size:
+            raise ValueError(
+                f"colocated module {name!r} has data-parallel size {layout.dp_size} (tp {layout.tp}), not a "
+                f"multiple of the language model's {language.dp_size} (tp {language.tp}): an encoder next to the "
+                "language model must split each language replica's samples (give it the smaller tp)"
+            )
 
 
 def _check_tiling(layouts: Mapping[str, ModuleLayout], world_size: int) -> None:
@@ -235,7 +252,8 @@ class RankRole:
 
     rank: int
     stages: dict[str, int]
-    """Module -> stage index held by this rank (every module at stage 0 when colocated)."""
+    """Module -> stage index held by this rank (encoders at stage 0 when colocated; the language model at any
+    stage when it is pipelined over their ranks)."""
     dp_rank: dict[str, int]
     """Module -> combined data-parallel rank (``replica * dp_shard + shard``): which samples this rank reads."""
     tp_rank: dict[str, int]

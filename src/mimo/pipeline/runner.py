@@ -8,7 +8,7 @@ logged with the failing action marked, then the error propagates.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +22,7 @@ from mimo.pipeline.backward import backward_step_multimodule
 from mimo.pipeline.held import HeldPeak, tensor_bytes
 from mimo.pipeline.lifetimes import last_uses, receive_order
 
-__all__ = ["BoundStage", "StageLosses", "StageRunner"]
+__all__ = ["BoundStage", "StageLosses", "StageRunner", "run_stages"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +69,18 @@ class StageLosses:
         return total
 
     def nonfinite(self, num_microbatches: int, device: torch.device) -> Tensor:
-        """float64 ``[num_microbatches]`` on ``device``: 1 where this rank's loss of that microbatch is not finite."""
-        zero = torch.zeros((), dtype=torch.float64, device=device)
-        return torch.stack([
-            (~torch.isfinite(self.reports[m]).all()).to(device, torch.float64) if m in self.reports else zero
-            for m in range(num_microbatches)
-        ])
+        """float64 ``[num_microbatches]`` on ``device``: 1 where this rank's loss of that microbatch is not finite.
+
+        One finiteness check over the stacked reports (a few kernels a step rather than a few per microbatch)."""
+        if not self.reports:  # off the loss stage
+            return torch.zeros(num_microbatches, dtype=torch.float64, device=device)
+        order = sorted(self.reports)
+        reports = torch.stack([self.reports[m].to(device) for m in order])
+        flags = (~torch.isfinite(reports).all(dim=1)).to(torch.float64)
+        if order == list(range(num_microbatches)):  # the loss stage reports every microbatch
+            return flags
+        zero, by_microbatch = flags.new_zeros(()), dict(zip(order, flags))
+        return torch.stack([by_microbatch.get(m, zero) for m in range(num_microbatches)])
 
 
 @dataclass
@@ -106,18 +112,21 @@ class StageRunner:
     """Peak of the last step: microbatches with a record always, bytes with ``measure_held``."""
 
     def run(self, actions: list[Action], data_iterator: Iterable[Any] | None) -> StageLosses:
-        """Execute ``actions``; return this rank's losses (non-zero on the loss stage only).
+        """Execute ``actions``; return this rank's losses (non-zero on the loss stage only)."""
+        return run_stages({self.communicator.module: self}, actions, {self.communicator.module: data_iterator})[
+            self.communicator.module]
 
-        Before the first action the communicator learns which messages this step receives, so it can post
-        their receives ahead of need; each microbatch's record is dropped after its last action.
-        """
+    def begin(self, actions: list[Action], data_iterator: Iterable[Any] | None) -> None:
+        """Start a step of this stage's ``actions``: before the first one the communicator learns which messages
+        this step receives, so it can post their receives ahead of need."""
         self._records: dict[int, _Record] = {}
         self._data = data_iterator
         self._losses = StageLosses()
         self.held = HeldPeak()
-        last_use = last_uses(actions)
+        self._position = -1
+        self._last_use = last_uses(actions)
         forward, backward = receive_order(actions)
-        handlers: dict[ActionKind, Callable[[Action], None]] = {
+        self._handlers: dict[ActionKind, Callable[[Action], None]] = {
             ActionKind.RECV_F: self._recv_forward,
             ActionKind.F: self._forward,
             ActionKind.SEND_F: self._send_forward,
@@ -125,19 +134,19 @@ class StageRunner:
             ActionKind.B: self._backward,
             ActionKind.SEND_B: self._send_backward,
         }
-        index = -1
-        try:
-            self.communicator.begin_step(forward=forward, backward=backward)
-            for index, action in enumerate(actions):
-                with self.tracer(action) if self.tracer is not None else nullcontext():
-                    handlers[action.kind](action)
-                if last_use[action.microbatch] == index:
-                    self._records.pop(action.microbatch, None)
-                self._note_held()
-        except Exception:
-            logger.error("rank %d failed at %s:\n%s", self.communicator.rank,
-                         actions[index] if index >= 0 else "the start of the step", _format(actions, index))
-            raise
+        self.communicator.begin_step(forward=forward, backward=backward)
+
+    def execute(self, action: Action) -> None:
+        """Run this stage's next action; each microbatch's record is dropped after its last action."""
+        self._position += 1
+        with self.tracer(action) if self.tracer is not None else nullcontext():
+            self._handlers[action.kind](action)
+        if self._last_use[action.microbatch] == self._position:
+            self._records.pop(action.microbatch, None)
+        self._note_held()
+
+    def finish(self) -> StageLosses:
+        """Complete this step's sends; this rank's losses."""
         with self.timers("comm-wait"):
             self.communicator.wait_all()
         return self._losses
@@ -187,6 +196,27 @@ class StageRunner:
 
     def _send_backward(self, action: Action) -> None:
         self.communicator.send_backward(self._record(action).input_grads, microbatch=action.microbatch)
+
+
+def run_stages(runners: Mapping[str, StageRunner], actions: list[Action],
+               data: Mapping[str, Iterable[Any] | None]) -> dict[str, StageLosses]:
+    """Execute one rank's ``actions`` over the stages it holds (one runner per module; several where encoders
+    share the rank of a language stage), each action by its module's runner; every module's losses.
+
+    On a failure the rank's whole plan is logged with the failing action marked, then the error propagates.
+    """
+    rank = next(iter(runners.values())).communicator.rank
+    index = -1
+    try:
+        for module, runner in runners.items():
+            runner.begin([action for action in actions if action.module == module], data[module])
+        for index, action in enumerate(actions):
+            runners[action.module].execute(action)
+    except Exception:
+        logger.error("rank %d failed at %s:\n%s", rank, actions[index] if index >= 0 else "the start of the step",
+                     _format(actions, index))
+        raise
+    return {module: runner.finish() for module, runner in runners.items()}
 
 
 def _format(actions: list[Action], failed: int) -> str:

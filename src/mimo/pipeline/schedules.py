@@ -4,7 +4,9 @@ Non-colocated layouts: each rank runs 1F1B for the one stage it holds, with a wa
 remaining depth to the sink minus one (``Topology.warmup``), and communication actions around every
 compute action. Colocated layouts: each rank holds every module at stage 0 and runs, per microbatch, the
 forwards in topological order then the backwards in reverse, with no communication actions (the hand-offs
-between modules stay on the rank).
+between modules stay on the rank). A language model pipelined over the ranks of its colocated encoders: each
+rank runs its encoders' forwards for every microbatch first (their rows go out before any language stage needs
+them), then its language stage's 1F1B, then its encoders' backwards (their gradients have all arrived by then).
 """
 
 from __future__ import annotations
@@ -79,8 +81,11 @@ def build_train_schedule(
     backward = _resolve_backward(topology, backward_modules)
     if placement_of(layouts) is Placement.COLOCATED:
         pipelined = {name: layout.pp for name, layout in layouts.items() if layout.pp != 1}
+        if pipelined.keys() == {LANGUAGE_MODULE}:
+            return _colocated_pipeline(layouts, topology, num_microbatches, backward)
         if pipelined:
-            raise ValueError(f"colocated modules must have pp == 1, got pp {pipelined}")
+            encoders = {name: pp for name, pp in pipelined.items() if name != LANGUAGE_MODULE}
+            raise ValueError(f"colocated encoders must have pp == 1, got pp {encoders}")
         ranks = next(iter(layouts.values())).ranks
         order = _colocated_order(topology, num_microbatches, backward)
         return {rank: list(order) for rank in ranks}
@@ -122,6 +127,33 @@ def _colocated_order(topology: Topology, num_microbatches: int, backward: frozen
         actions += [Action(module, 0, ActionKind.F, mb) for module in order]
         actions += [Action(module, 0, ActionKind.B, mb) for module in reversed(order) if module in backward]
     return actions
+
+
+def _colocated_pipeline(
+    layouts: Mapping[str, ModuleLayout], topology: Topology, num_microbatches: int, backward: frozenset[str]
+) -> Schedule:
+    """Every rank: its encoders' forwards (each sent at once), its language stage's 1F1B, its encoders' backwards.
+
+    Encoders have no sources, so the first part never waits; the language stages run the pipeline of a
+    non-colocated layout, fed by rows already sent; the last part receives gradients sent during it.
+    """
+    language = layouts[LANGUAGE_MODULE]
+    encoders = [module for module in topology.topological_order() if module != LANGUAGE_MODULE]
+    schedule: Schedule = {}
+    for rank in language.ranks:
+        stage = language.stage_of(rank)
+        forwards = [
+            Action(module, 0, kind, mb)
+            for mb in range(num_microbatches) for module in encoders for kind in (ActionKind.F, ActionKind.SEND_F)
+        ]
+        backwards = [
+            Action(module, 0, kind, mb)
+            for mb in range(num_microbatches) for module in reversed(encoders) if module in backward
+            for kind in (ActionKind.RECV_B, ActionKind.B)
+        ]
+        middle = _stage_order(LANGUAGE_MODULE, stage, layouts, topology, num_microbatches, backward)
+        schedule[rank] = forwards + middle + backwards
+    return schedule
 
 
 def _stage_order(

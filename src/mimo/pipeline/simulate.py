@@ -2,8 +2,9 @@
 
 Model: all ranks step together. A compute action (F or B) takes one step. Sends take no time; their messages
 can be received from the next step on. A receive takes no time but completes only once every message it
-expects (from ``RoutingPlan``) has arrived. A compute also waits for inputs produced on the same rank
-(colocated hand-offs, and the forward before its own backward). A step in which no rank can move while some
+expects (from ``RoutingPlan``) has arrived. A compute also waits for inputs produced on the same rank (the
+hand-offs of a whole model on every rank, which has no transfer actions, and the forward before its own
+backward). A step in which no rank can move while some
 are unfinished is a deadlock.
 """
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from mimo.comm.routing import Route, RoutingPlan
-from mimo.parallel.layout import ModuleLayout, role_of
+from mimo.parallel.layout import ModuleLayout, Placement, placement_of, role_of
 from mimo.parallel.topology import Topology
 from mimo.pipeline.actions import Action, ActionKind, Schedule
 
@@ -110,6 +111,9 @@ class _Simulator:
         self.plan = plan
         self.topology = topology
         self.roles = {rank: role_of(rank, layouts) for rank in self.schedule}
+        self.whole_model = placement_of(layouts) is Placement.COLOCATED and all(l.pp == 1 for l in layouts.values())
+        """Every rank holds the whole model: modules hand over on the rank, with no transfer actions (a
+        language model pipelined over colocated encoders receives their rows by transfer actions, local or not)."""
         self._check_stages_held()
         self.backward_modules = {a.module for actions in schedule.values() for a in actions if a.kind is ActionKind.B}
         self.cursor = dict.fromkeys(self.schedule, 0)
@@ -189,7 +193,7 @@ class _Simulator:
     def _local_inputs(self, rank: int, action: Action) -> list[Action]:
         """Compute actions on the same rank that ``action`` consumes."""
         module, stage, kind, mb = action
-        held = self.roles[rank].stages
+        held = self.roles[rank].stages if self.whole_model else {module: stage}
         if kind is ActionKind.F:
             sources = self.topology.sources_of(module) if stage == 0 else ()
             return [Action(src, held[src], ActionKind.F, mb) for src in sources if src in held]

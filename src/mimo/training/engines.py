@@ -2,8 +2,9 @@
 
 - ``FusedEngine``: every rank holds every module whole (colocated layouts): each microbatch runs the whole
   ``MimoModel`` forward then backward, and hand-offs between modules are plain tensors in one autograd graph.
-- ``PipelineEngine``: a rank holds one stage of one module (non-colocated layouts): it executes its action list
-  from the multi-module 1F1B schedule, exchanging ``{module: tensor}`` dicts with its neighbours.
+- ``PipelineEngine``: a rank holds one stage of one module (non-colocated layouts), or encoders and one stage of
+  a language model pipelined over their ranks: it executes its action list from the multi-module 1F1B schedule,
+  exchanging ``{module: tensor}`` dicts with its neighbours (and, between its own stages, on the rank).
 
 Both run ``forward_step`` for every microbatch and return this rank's ``StageLosses``.
 """
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
+from mimo.comm.local_handoffs import LocalHandoffs
 from mimo.comm.multimodule import MultiModulePipelineCommunicator
 from mimo.comm.routing import RoutingPlan
 from mimo.config import MimoConfig
@@ -25,13 +27,14 @@ from mimo.data.format import text_keys_for_stage
 from mimo.model import MimoModel
 from mimo.model.compute import apply_compute
 from mimo.model.configs import LANGUAGE_MODULE
+from mimo.model.stage_group import StageGroup
 from mimo.model.stages import LanguageStage, ModalityStage
 from mimo.parallel.groups import ModuleGroups
 from mimo.comm.colocated_rows import RowGather
 from mimo.parallel.layout import colocated_rows, role_of
 from mimo.pipeline.actions import Action
 from mimo.pipeline.schedules import build_train_schedule
-from mimo.pipeline.runner import StageLosses, StageRunner
+from mimo.pipeline.runner import StageLosses, StageRunner, run_stages
 from mimo.training.run_plan import RunPlan, layer_ranges
 from mimo.training.sharding import shard_fused_model, shard_stage
 
@@ -70,11 +73,11 @@ class FusedEngine:
         """FSDP2 over the modules with ``dp_shard > 1`` (a mesh each); call before collecting parameters."""
         shard_fused_model(self.model, meshes)
 
-    def loader_options(self) -> dict[str, Any] | None:
-        """Every field of this rank's data-parallel shard (all modules share one data-parallel size here), the
-        step's microbatches loaded together before they run back to back (``MicrobatchLoader.load_ahead``)."""
-        return {"dp_rank": self.role.dp_rank[LANGUAGE_MODULE], "dp_size": self._dp_size, "modalities": None,
-                "include_text": True, "load_ahead": True}
+    def loader_options(self) -> list[dict[str, Any]]:
+        """One loader: every field of this rank's data-parallel shard (all modules share one data-parallel size
+        here), the step's microbatches loaded together before they run back to back (``load_ahead``)."""
+        return [{"dp_rank": self.role.dp_rank[LANGUAGE_MODULE], "dp_size": self._dp_size, "modalities": None,
+                 "include_text": True, "load_ahead": True}]
 
     def evaluate(self, microbatches: Iterable[Any] | None) -> StageLosses:
         """Forward only, no graph: the loss of one global batch (validation)."""
@@ -98,70 +101,109 @@ class FusedEngine:
 
 
 class PipelineEngine:
-    """One stage of one module on this rank, driven by its action list; ``tracer`` times each training action."""
+    """The stages this rank holds, driven by its action list; ``tracer`` times each training action.
+
+    Usually one stage of one module. Where encoders share the ranks of a pipelined language model, an encoder
+    (whole) and a language stage: each has its own runner and communicator, the rank's one action list runs
+    them in turn, and rows that stay on the rank pass through a shared ``LocalHandoffs``.
+    """
 
     def __init__(self, cfg: MimoConfig, plan: RunPlan, *, rank: int, device: torch.device,
                  forward_step: ForwardStep, timers: Callable[[str], Any], tracer: ActionTracer | None = None) -> None:
         self.role = role_of(rank, plan.layouts)
-        (self.module,) = self.role.modules
-        stage, num_stages = self.role.stages[self.module], plan.layouts[self.module].pp
-        self.modules = [self.module]
-        self._dp_size = plan.layouts[self.module].dp_size
-        self.model = _build_stage(cfg, self.module, stage, num_stages).to(device)
-        apply_compute(self.model, {self.module: cfg.train.compute_for(self.module)})
+        self.modules = list(self.role.modules)
+        self._layouts = plan.layouts
+        self.stages: dict[str, nn.Module] = {}
+        for module in self.modules:
+            stage = _build_stage(cfg, module, self.role.stages[module], plan.layouts[module].pp).to(device)
+            apply_compute(stage, {module: cfg.train.compute_for(module)})
+            self.stages[module] = stage
+        self.model: nn.Module = self.stages[self.modules[0]] if len(self.modules) == 1 else StageGroup(self.stages)
         routing = RoutingPlan(plan.layouts, plan.topology, cfg.train.micro_batch_size)
+        # Encoders sharing a rank with a language stage take their gradients only at the end of the step: sends
+        # must never wait for them (``comm.p2p`` bounds sends in flight by waiting for the oldest).
+        in_flight = 2 if len(self.modules) == 1 else max(2, cfg.train.num_microbatches)
 
-        def runner(backward_modules: frozenset[str], tracer: ActionTracer | None) -> tuple[StageRunner, list[Any]]:
-            communicator = MultiModulePipelineCommunicator(
-                rank=rank, module=self.module, stage=stage, routing=routing, backward_modules=backward_modules,
-                device=device,
-            )
+        def runners(backward_modules: frozenset[str], tracer: ActionTracer | None
+                    ) -> tuple[dict[str, StageRunner], list[Action]]:
+            local = LocalHandoffs()
+            built = {}
+            for module, stage in self.stages.items():
+                communicator = MultiModulePipelineCommunicator(
+                    rank=rank, module=module, stage=self.role.stages[module], routing=routing,
+                    backward_modules=backward_modules, device=device, max_sends_in_flight=in_flight, local=local,
+                )
+                built[module] = StageRunner(
+                    stage=stage, communicator=communicator, forward_step=forward_step, timers=timers,
+                    grad_enabled=module in backward_modules, tracer=tracer,
+                )
             schedule = build_train_schedule(
                 plan.layouts, plan.topology, cfg.train.num_microbatches, backward_modules=backward_modules
             )
-            return StageRunner(
-                stage=self.model, communicator=communicator, forward_step=forward_step, timers=timers,
-                grad_enabled=self.module in backward_modules, tracer=tracer,
-            ), schedule[rank]
+            return built, schedule[rank]
 
-        self.runner, self.actions = runner(plan.backward_modules, tracer)
-        self.communicator = self.runner.communicator
+        self.runners, self.actions = runners(plan.backward_modules, tracer)
         # Validation: the same schedule without a backward (nothing needs gradients), no graph kept.
-        self.eval_runner, self.eval_actions = runner(frozenset(), None)  # traced as the "validation" phase
+        self.eval_runners, self.eval_actions = runners(frozenset(), None)  # traced as the "validation" phase
+
+    @property
+    def runner(self) -> StageRunner:
+        """The runner of this rank's one stage (a rank holding several has one per module in ``runners``)."""
+        (runner,) = self.runners.values()
+        return runner
 
     def use_groups(self, groups: ModuleGroups) -> None:
         """Send activations and gradients on their own point-to-point groups (created after the engine)."""
-        for communicator in (self.communicator, self.eval_runner.communicator):
-            communicator.activation_group = groups.activations
-            communicator.gradient_group = groups.gradients
+        for runner in (*self.runners.values(), *self.eval_runners.values()):
+            runner.communicator.activation_group = groups.activations
+            runner.communicator.gradient_group = groups.gradients
 
     def counts_tokens(self, module: str) -> bool:
         """Whether this rank counts ``module``'s tokens (for FLOPs): on its first stage, tensor-parallel rank 0."""
         return self.role.stages[module] == 0 and self.role.tp_rank[module] == 0
 
     def shard(self, meshes: Mapping[str, DeviceMesh]) -> None:
-        """FSDP2 over this stage when its module has ``dp_shard > 1``; call before collecting parameters."""
-        if self.module in meshes:
-            shard_stage(self.model, self.module, meshes[self.module])
+        """FSDP2 over each stage whose module has ``dp_shard > 1``; call before collecting parameters."""
+        for module, stage in self.stages.items():
+            if module in meshes:
+                shard_stage(stage, module, meshes[module])
 
-    def loader_options(self) -> dict[str, Any] | None:
-        """What this stage reads: a language stage only the text fields its forward uses (the first tokens and
-        positions, the last labels and loss mask), an encoder's first stage its modality's inputs, others nothing."""
-        if not self.model.needs_data:
-            return None
-        shard = {"dp_rank": self.role.dp_rank[self.module], "dp_size": self._dp_size}
-        if self.module == LANGUAGE_MODULE:
-            text = text_keys_for_stage(first=self.model.is_first_stage, last=self.model.is_loss_stage)
-            return {**shard, "modalities": (), "include_text": text}
-        return {**shard, "modalities": (self.module,), "include_text": False}
+    def loader_options(self) -> list[dict[str, Any]]:
+        """What each stage reads, its module's shard: a language stage only the text fields its forward uses (the
+        first tokens and positions, the last labels and loss mask), an encoder's first stage its modality's
+        inputs, others nothing."""
+        options = []
+        for module, stage in self.stages.items():
+            if not stage.needs_data:
+                continue
+            shard = {"dp_rank": self.role.dp_rank[module], "dp_size": self._layouts[module].dp_size}
+            if module == LANGUAGE_MODULE:
+                text = text_keys_for_stage(first=stage.is_first_stage, last=stage.is_loss_stage)
+                options.append({**shard, "modalities": (), "include_text": text})
+            else:
+                options.append({**shard, "modalities": (module,), "include_text": False})
+        return options
 
     def run(self, microbatches: Iterable[Any] | None) -> StageLosses:
-        return self.runner.run(self.actions, microbatches)
+        return self._run(self.runners, self.actions, microbatches)
 
     def evaluate(self, microbatches: Iterable[Any] | None) -> StageLosses:
         """Forward only, no graph: the loss of one global batch (validation)."""
         with torch.no_grad():
-            return self.eval_runner.run(self.eval_actions, microbatches)
+            return self._run(self.eval_runners, self.eval_actions, microbatches)
+
+    def _run(self, runners: dict[str, StageRunner], actions: list[Action],
+             microbatches: Iterable[Any] | None) -> StageLosses:
+        if len(runners) == 1:
+            (module,) = runners
+            return run_stages(runners, actions, {module: microbatches})[module]
+        # Each stage reads every microbatch of the step in its own order (the encoder's all first).
+        batches = list(microbatches) if microbatches is not None else None
+        data = {module: None if batches is None else iter(batches) for module in runners}
+        merged = StageLosses()
+        for losses in run_stages(runners, actions, data).values():
+            merged.reports.update(losses.reports)  # only the language model's loss stage reports any
+        return merged
 
 
 def _build_stage(cfg: MimoConfig, module: str, stage: int, num_stages: int) -> nn.Module:

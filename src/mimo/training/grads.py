@@ -71,6 +71,24 @@ def squared_norm(params: Sequence[nn.Parameter], device: torch.device | None = N
     return torch.stack(norms).float().pow(2).sum()
 
 
+def squared_norms(params_by_group: Sequence[Sequence[nn.Parameter]], device: torch.device | None = None) -> Tensor:
+    """fp32 ``[len(params_by_group)]``: each group's ``squared_norm``, bit for bit, from one ``_foreach_norm`` over
+    every group's gradients (one fused call and one squaring instead of one of each per group: per-step overhead).
+
+    Each group's squares are summed as a slice of the shared vector: the same elements in the same order as
+    ``squared_norm``'s own vector, so the same sum; a group without parameters sums to 0.
+    """
+    flat = [local_grad(parameter) for params in params_by_group for parameter in params]
+    if not flat:
+        return torch.zeros(len(params_by_group), dtype=torch.float32, device=device)
+    squares = torch.stack(torch._foreach_norm(flat)).float().pow(2)
+    sums, offset = [], 0
+    for params in params_by_group:
+        sums.append(squares[offset : offset + len(params)].sum())
+        offset += len(params)
+    return torch.stack(sums)
+
+
 def clip_coefficient(max_norm: float, total_norm: float) -> float:
     """The factor that brings a global norm down to at most ``max_norm`` (torch's clip_grad_norm_ rule), or 1."""
     return min(1.0, max_norm / (total_norm + 1e-6))

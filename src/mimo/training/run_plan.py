@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mimo.comm.routing import RoutingPlan
 from mimo.config import MimoConfig
 from mimo.model.configs import LANGUAGE_MODULE
 from mimo.model.modality_stage import split_encoder_layers
@@ -55,6 +56,8 @@ def plan_run(cfg: MimoConfig, world_size: int) -> RunPlan:
     topology = _topology(cfg, modules)
     for name, layout in layouts.items():
         _check_stage_split(cfg, name, layout)
+    if placement is Placement.COLOCATED and layouts[LANGUAGE_MODULE].pp > 1:
+        _check_channels(RoutingPlan(layouts, topology, cfg.train.micro_batch_size))
     trainable = [name for name in modules if not _fully_frozen(name, cfg.optim.freeze)]
     return RunPlan(
         layouts=layouts,
@@ -93,6 +96,15 @@ def _check_stage_split(cfg: MimoConfig, name: str, layout: ModuleLayout) -> None
             split_encoder_layers(cfg.model, name, layout.pp, per_stage)
     except ValueError as error:
         raise ValueError(f"layout.{name}: {error}") from None
+
+
+def _check_channels(routing: RoutingPlan) -> None:
+    clashes = routing.shared_channels()
+    if clashes:
+        raise ValueError(
+            f"layout: {clashes[0]}; with a language model pipelined over colocated encoders, one rank's encoders "
+            "may not feed the same language rank (place all but one encoder on ranks of their own)"
+        )
 
 
 def _fully_frozen(module: str, freeze: list[str]) -> bool:

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from mimo.config import MimoConfig
 from mimo.data import MicrobatchLoader
+from mimo.data.merged_loader import MergedLoader
 from mimo.data.format import Sample
 from mimo.distributed import DistributedContext, raise_if_any_rank_failed
 from mimo.errors import NonFiniteError
@@ -106,6 +107,7 @@ class Trainer:
             tied_module=LANGUAGE_MODULE if tied else None,
         )
         self.engine.use_groups(self.groups)
+        self._dp_reductions = self._dp_reduction_plan()
 
     def _build_local(self, init_from: str | None) -> None:
         cfg, plan, ctx = self.cfg, self.plan, self.ctx
@@ -140,7 +142,7 @@ class Trainer:
             for module in self.engine.modules if self._counts_norm(module)
         }
         self._step_tokens: dict[str, int] = dict.fromkeys(cfg.model.module_names, 0)
-        self.loader: MicrobatchLoader | None = None
+        self.loader: MicrobatchLoader | MergedLoader | None = None
         init_source = {
             "seed": cfg.train.seed,
             "init_from": str(Path(init_from).resolve()) if init_from else None,
@@ -150,19 +152,24 @@ class Trainer:
         self.checkpointer = Checkpointer(self, cfg.checkpoint_dir, keep=cfg.checkpoint.keep,
                                          verify_checksums=cfg.checkpoint.verify == "checksums", init_source=init_source)
 
-    def _build_loader(self, dataset: Dataset[Sample], *, seed: int | None = None) -> MicrobatchLoader | None:
-        options = self.engine.loader_options()
-        if options is None:
+    def _build_loader(self, dataset: Dataset[Sample], *, seed: int | None = None
+                      ) -> MicrobatchLoader | MergedLoader | None:
+        """This rank's loader: none where no stage reads data, one per reading stage (merged where several)."""
+        loaders = [
+            MicrobatchLoader(
+                dataset,
+                global_batch_size=self.cfg.train.global_batch_size,
+                num_microbatches=self.cfg.train.num_microbatches,
+                seed=self.cfg.data.seed if seed is None else seed,
+                num_workers=self.cfg.data.num_workers,
+                prefetch_factor=self.cfg.data.prefetch_factor,
+                **options,
+            )
+            for options in self.engine.loader_options()
+        ]
+        if not loaders:
             return None
-        return MicrobatchLoader(
-            dataset,
-            global_batch_size=self.cfg.train.global_batch_size,
-            num_microbatches=self.cfg.train.num_microbatches,
-            seed=self.cfg.data.seed if seed is None else seed,
-            num_workers=self.cfg.data.num_workers,
-            prefetch_factor=self.cfg.data.prefetch_factor,
-            **options,
-        )
+        return loaders[0] if len(loaders) == 1 else MergedLoader(loaders)
 
     def train_step(self) -> StepMetrics:
         """One optimizer step over the global batch; the metrics are identical on every rank."""
@@ -182,8 +189,7 @@ class Trainer:
         loss = loss_sum / max(num_tokens, 1)
         lr = self._language_lr()
         self.stop_requested = totals.stop_requested
-        bad_microbatch = totals.first_nonfinite_microbatch
-        problem = self._nonfinite_problem(loss, module_norms, bad_microbatch)
+        problem = self._nonfinite_problem(loss, module_norms, totals.first_nonfinite_microbatch)
         with timers("optimizer"):
             if problem:
                 self._handle_nonfinite(problem)
@@ -229,49 +235,50 @@ class Trainer:
         one SUM over the world of every scalar the step needs: ``[loss, tokens, norm^2 per module (replica 0 of
         each stage contributes), stop requested, non-finite microbatches (one slot each), seconds waited per
         rank]``, copied to the host once."""
-        for params in self.params_by_module.values():
-            grads.materialize_grads(params)
+        grads.materialize_grads(self.params)
         if self.groups.tied is not None and self.tied_params:
             with self.failures.around("all-reduce of the tied embedding's gradients between the first and last stage"):
                 grads.all_reduce_grads(self.tied_params, self.groups.tied)
-        for module, params in self.params_by_module.items():
-            role = self.engine.role
-            ranks = self.plan.layouts[module].dp_ranks(role.stages[module], role.tp_rank[module])
-            # Sharded parameters were summed by FSDP in the backward (reduce-scatter, and all-reduce for HSDP).
-            replicated = [p for p in params if not reduced_by_fsdp(p)]
-            with self.failures.around(f"module {module!r}: all-reduce of gradients over its data-parallel ranks {ranks}"):
-                grads.all_reduce_grads(replicated, self.groups.dp_group(module))
-        device = self.ctx.device
-        norms = [grads.squared_norm(self._norm_params(m), device) for m in self.all_modules]
+        for replicated, group, what in self._dp_reductions:
+            with self.failures.around(what):
+                grads.all_reduce_grads(replicated, group)
+        device, modules = self.ctx.device, self.all_modules
+        norms = grads.squared_norms([self._norm_params(m) for m in modules], device)  # one fused call for all
         num_microbatches, world = self.cfg.train.num_microbatches, self.ctx.world_size
-        modules = self.all_modules
         # The host-side scalars as one list, one tensor: item-by-item tensor writes cost microseconds each.
         stop = [float(self.preemption.requested if self.preemption else False)]
-        waits = [0.0] * world
-        waits[self.ctx.rank] = waited_s
-        module_tokens = [float(self._step_tokens.get(module, 0)) for module in modules]
-        module_parameters = [float(self._local_parameters.get(module, 0)) for module in modules]
+        waits = [waited_s if rank == self.ctx.rank else 0.0 for rank in range(world)]
+        counts = [float(c.get(m, 0)) for c in (self._step_tokens, self._local_parameters) for m in modules]
         self._step_tokens = dict.fromkeys(modules, 0)
         # One host-to-device copy for the host-side scalars (each copy waits for the device's queued work).
-        host = torch.tensor(stop + waits + module_tokens + module_parameters, dtype=torch.float64).to(device)
+        host = torch.tensor(stop + waits + counts, dtype=torch.float64).to(device)
         loss_totals = losses.total(device).double()
         if not self.engine.role.leads_tensor_parallel:
             loss_totals = torch.zeros_like(loss_totals)  # its tensor-parallel rank 0 reports the same losses
-        totals = torch.cat([
-            loss_totals, torch.stack(norms).double(), host[:1],
-            losses.nonfinite(num_microbatches, device), host[1:],
-        ])
+        totals = torch.cat([loss_totals, norms.double(), host[:1], losses.nonfinite(num_microbatches, device),
+                            host[1:]])
         if dist.is_initialized():
             with self.failures.around(f"all-reduce of the step's loss, token count and gradient norms over ranks "
                                f"0..{world - 1}"):
                 dist.all_reduce(totals)
-        return StepTotals(totals.cpu(), num_modules=len(self.all_modules), num_microbatches=num_microbatches)
+        # To Python floats once: StepTotals then reads list items, not tensor elements (microseconds each).
+        return StepTotals(totals.cpu().tolist(), num_modules=len(modules), num_microbatches=num_microbatches)
+
+    def _dp_reduction_plan(self) -> list[tuple[list[Any], dist.ProcessGroup | None, str]]:
+        """Per module: the gradients the trainer sums over its data-parallel group (FSDP summed the sharded ones in
+        the backward: reduce-scatter, and all-reduce for HSDP), the group, and what a failure there says; fixed once
+        the groups exist (per step, working it out cost more than a no-op reduction)."""
+        role, plan = self.engine.role, []
+        for module, params in self.params_by_module.items():
+            ranks = self.plan.layouts[module].dp_ranks(role.stages[module], role.tp_rank[module])
+            replicated = [p for p in params if not reduced_by_fsdp(p)]
+            plan.append((replicated, self.groups.dp_group(module),
+                         f"module {module!r}: all-reduce of gradients over its data-parallel ranks {ranks}"))
+        return plan
 
     def _module_flops(self, totals: StepTotals) -> dict[str, float]:
-        return {
-            module: module_flops(parameters, tokens, runs_backward=module in self.plan.backward_modules)
-            for module, tokens, parameters in zip(self.all_modules, totals.module_tokens, totals.module_parameters)
-        }
+        return {module: module_flops(parameters, tokens, runs_backward=module in self.plan.backward_modules)
+                for module, tokens, parameters in zip(self.all_modules, totals.module_tokens, totals.module_parameters)}
 
     def _counts_norm(self, module: str) -> bool:
         """True on the one rank of each stage of ``module`` that reports its whole parameters' count."""

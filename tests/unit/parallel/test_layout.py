@@ -120,7 +120,14 @@ def test_valid_non_colocated_and_colocated_layouts() -> None:
             {"images": L(pp=2), "language": L(pp=2)},
             2,
             4,
-            r"colocated modules .* must have pp == 1, got pp \{'images': 2, 'language': 2\}",
+            r"colocated encoders must have pp == 1 \(only the language model may be pipelined over their ranks\), "
+            r"got pp \{'images': 2\}",
+        ),
+        (
+            {"images": L(pp=2), "language": L(dp=2)},
+            2,
+            4,
+            r"colocated modules must have pp == 1 \(or a pipelined language model\), got pp \{'images': 2\}",
         ),
         (
             {"images": L(dp=2), "language": L(dp=2, rank_offset=1)},

@@ -105,7 +105,7 @@ def test_train_schedule_input_errors() -> None:
     with pytest.raises(ValueError, match=r"extra in the topology \['audio'\]"):
         build_train_schedule(IMG1_LANG2, default_topology(["images", "audio", "language"]), 2)
     colocated_pipeline = {"images": L(pp=2), "language": L(pp=2)}
-    with pytest.raises(ValueError, match=r"colocated modules must have pp == 1, got pp \{'images': 2, 'language': 2\}"):
+    with pytest.raises(ValueError, match=r"colocated encoders must have pp == 1, got pp \{'images': 2\}"):
         build_train_schedule(colocated_pipeline, default_topology(list(colocated_pipeline)), 2)
 
 

@@ -28,10 +28,11 @@ def _batches(rank: int) -> list[dict] | None:
     engine = PipelineEngine(cfg, plan_run(cfg, world_size=4), rank=rank, device=torch.device("cpu"),
                             forward_step=lambda data, model: (None, None), timers=lambda name: None)
     options = engine.loader_options()
-    if options is None:
+    if not options:
         return None
+    (only,) = options
     return list(MicrobatchLoader(build_dataset(cfg.data, cfg.model), global_batch_size=8, num_microbatches=2,
-                                 **options).next_step())
+                                 **only).next_step())
 
 
 def test_each_stage_batch_holds_only_the_fields_it_uses():

@@ -104,3 +104,21 @@ COLOCATED_CASES = {
 def test_colocated_modules_with_different_layouts_match_reference(case, tmp_path):
     world_size, raw = COLOCATED_CASES[case]
     assert_run_matches_reference(raw, STEPS, world_size=world_size, tmp_path=tmp_path, initial=_initial(raw))
+
+
+PIPELINED_OVER_ENCODERS = {"images": _entry(dp=4), "language": _entry(dp=2, pp=2)}  # 4 ranks
+
+
+@pytest.mark.timeout(180)
+def test_language_pipelined_over_encoders_resumes_exactly_and_reshards(tmp_path):
+    """Saved with images dp 4 + language pp 2, dp 2 on the same 4 ranks: resumed there bit-exactly, and on a
+    non-colocated layout (images | language, 2 ranks) within 1e-6."""
+    full = _run(4, _raw(PIPELINED_OVER_ENCODERS, tmp_path / "full"), _fresh(tmp_path / "store-full"))
+    checkpoint = str(tmp_path / "full" / "checkpoints" / "step_00000003")
+    same = _run(4, _raw(PIPELINED_OVER_ENCODERS, tmp_path / "same"), _fresh(tmp_path / "store-same"),
+                resume=checkpoint)
+    assert same == full[3:]
+    again = _run(2, _raw(PLAIN, tmp_path / "plain"), _fresh(tmp_path / "store-plain"), resume=checkpoint)
+    assert len(again) == 3
+    for got, want in zip(again, full[3:]):
+        assert abs(got - want) <= 1e-6 * abs(want), (again, full[3:])

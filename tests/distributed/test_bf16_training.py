@@ -58,9 +58,9 @@ def _train_both_precisions(rank: int, world_size: int, raw: dict[str, Any], tmp:
     sent: list[tuple[str, str, str, str]] = []
     original_send = MultiModulePipelineCommunicator._send
 
-    def recording_send(self, direction, peer, payload, microbatch):  # noqa: ANN001, ANN202
+    def recording_send(self, direction, peer, payload, microbatch, **route):  # noqa: ANN001, ANN003, ANN202
         sent.extend((direction, self.module, key, str(value.dtype)) for key, value in payload.items())
-        return original_send(self, direction, peer, payload, microbatch)
+        return original_send(self, direction, peer, payload, microbatch, **route)
 
     # This spawned process only: every payload still goes out unchanged.
     MultiModulePipelineCommunicator._send = recording_send  # type: ignore[method-assign]

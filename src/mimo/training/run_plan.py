@@ -25,6 +25,8 @@ class RunPlan:
     placement: Placement
     backward_modules: frozenset[str]
     """Modules that run a backward: the trainable ones and everything downstream of them."""
+    trainable_modules: frozenset[str]
+    """Modules with something to train (not frozen whole): the ones whose backward computes weight gradients."""
 
     @property
     def is_fused(self) -> bool:
@@ -64,6 +66,7 @@ def plan_run(cfg: MimoConfig, world_size: int) -> RunPlan:
         topology=topology,
         placement=placement,
         backward_modules=modules_needing_backward(topology, trainable),
+        trainable_modules=frozenset(trainable),
     )
 
 

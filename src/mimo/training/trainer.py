@@ -42,7 +42,7 @@ from mimo.training.checkpointing import Checkpointer, frozen_hf_fingerprints
 from mimo.training.collective_failures import CollectiveFailures
 from mimo.training.engines import FusedEngine, PipelineEngine
 from mimo.data.tokens import modality_token_count
-from mimo.training.flops import measure_matmul_peak, module_flops
+from mimo.training.flops import flops_summary, measured_peak, module_flops
 from mimo.training.metrics import MetricsLog, StepMetrics
 from mimo.training.tensorboard import TensorBoardLog
 from mimo.training.mimo_step import forward_step, prepare_forward_step_func
@@ -277,7 +277,9 @@ class Trainer:
         return plan
 
     def _module_flops(self, totals: StepTotals) -> dict[str, float]:
-        return {module: module_flops(parameters, tokens, runs_backward=module in self.plan.backward_modules)
+        plan = self.plan
+        return {module: module_flops(parameters, tokens, runs_backward=module in plan.backward_modules,
+                                     trains=module in plan.trainable_modules)
                 for module, tokens, parameters in zip(self.all_modules, totals.module_tokens, totals.module_parameters)}
 
     def _counts_norm(self, module: str) -> bool:
@@ -328,20 +330,14 @@ class Trainer:
         return {module: self.cfg.optim.for_module(module).lr * factor for module in self.all_modules}
 
     def _flops_summary(self, flops: dict[str, float], history: list[StepMetrics]) -> str:
-        """Model FLOPs per module and step, and the utilisation of the job's devices (MFU)."""
-        if not history:
+        if not history or not flops:
             return "FLOPs: no steps"
-        steps, seconds = len(history), sum(m.step_time_s for m in history)
-        per_step = ", ".join(f"{m} {value / steps:.3g}" for m, value in flops.items())
-        achieved = sum(flops.values()) / max(seconds, 1e-9)
-        peak = self.cfg.train.peak_flops
-        source = "train.peak_flops"
+        peak, source = self.cfg.train.peak_flops, "train.peak_flops"
         if peak is None and self.ctx.device.type == "cpu":
-            peak, source = measure_matmul_peak(), "a measured fp32 matmul on this CPU"
-        line = f"model FLOPs per step: {per_step}; {achieved / 1e9:.3g} GFLOP/s over {self.ctx.world_size} rank(s)"
-        if peak:
-            line += f"; MFU {achieved / (peak * self.ctx.world_size):.1%} of {peak / 1e9:.3g} GFLOP/s per rank ({source})"
-        return line
+            precisions = {module: str(self.cfg.train.compute_for(module).precision) for module in flops}
+            peak, source = measured_peak(flops, precisions)
+        return flops_summary(flops, steps=len(history), seconds=sum(m.step_time_s for m in history),
+                             world_size=self.ctx.world_size, peak=peak, source=source)
 
     def _save(self, log: MetricsLog | None) -> int:
         step = self.state.train_state.step

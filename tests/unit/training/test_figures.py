@@ -48,3 +48,17 @@ def test_flops_count_every_parameter_and_token_of_a_module():
     tokens = cfg.train.global_batch_size * cfg.data.seq_length
     assert trainer.last_step.module_flops["language"] == module_flops(language_params, tokens, runs_backward=True)
     assert trainer.last_step.module_flops["images"] > 0
+
+
+def test_a_frozen_module_on_the_gradient_path_counts_no_weight_gradients():
+    assert module_flops(10, 3, runs_backward=False) == 2 * 10 * 3
+    assert module_flops(10, 3, runs_backward=True, trains=False) == 4 * 10 * 3
+    assert module_flops(10, 3, runs_backward=True) == 6 * 10 * 3
+    raw = _config()
+    raw["optim"]["freeze"] = ["language"]
+    trainer = _trainer(raw)
+    trainer.train_step()
+    cfg = trainer.cfg
+    language_params = sum(p.numel() for p in trainer.model.language.parameters())
+    tokens = cfg.train.global_batch_size * cfg.data.seq_length
+    assert trainer.last_step.module_flops["language"] == 4 * language_params * tokens

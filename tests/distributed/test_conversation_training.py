@@ -77,6 +77,21 @@ def test_pipelined_conversations_equal_one_process_and_each_rank_reads_only_its_
     assert first["tokenized"] and first["decoded"] == 0 and last["decoded"] == 0
 
 
+def test_a_language_model_pipelined_over_its_encoder_ranks_trains_and_validates_like_one_process(tmp_path):
+    """images dp 2 + language pp 2 on the same two ranks: each rank merges its image shard and its stage's text."""
+    raw = _raw(tmp_path)
+    single = _train(0, 1, raw)
+    layout = {"images": {"dp": 2}, "language": {"pp": 2}}
+    ranks = run_ranks(2, _train, {**raw, "layout": layout, "run_dir": str(tmp_path / "run2"),
+                                  "checkpoint": {"dir": str(tmp_path / "ck2")}}, tmp_path=tmp_path)
+    for got, want in zip(ranks[0]["losses"], single["losses"]):
+        assert abs(got - want) <= 1e-5 * abs(want)
+    assert [v is not None for v in ranks[0]["val"]] == [False, True, False, True]
+    assert all(abs(g - w) <= 1e-5 * abs(w) for g, w in zip(ranks[0]["val"], single["val"]) if w is not None)
+    assert [rank["modules"] for rank in ranks] == [["images", "language"]] * 2
+    assert all(rank["decoded"] > 0 for rank in ranks)  # each rank decodes the images of its own shard
+
+
 def test_a_run_with_loader_workers_resumes_bit_for_bit(tmp_path):
     raw = _raw(tmp_path, num_workers=2)
     full = _train(0, 1, raw)

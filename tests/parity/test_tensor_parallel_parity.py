@@ -92,6 +92,10 @@ COLOCATED_CASES = {
     "colocated_images_dp4_language_pp2_dp2": (
         4, _config(layout={"images": _entry(dp=4), "language": _entry(dp=2, pp=2)})
     ),
+    # a split encoder next to the pipeline: its leader receives the gradients and relays them on the rank pair
+    "colocated_images_dp2_tp2_language_pp2_dp2": (
+        4, _config(layout={"images": _entry(dp=2, tp=2), "language": _entry(dp=2, pp=2)})
+    ),
     # two ranks, more microbatches than the two sends a channel may have in flight elsewhere
     "colocated_images_dp2_language_pp2": (
         2, _config(layout={"images": _entry(dp=2), "language": _entry(pp=2)}, num_microbatches=4)

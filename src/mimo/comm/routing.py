@@ -173,26 +173,39 @@ class RoutingPlan:
         return routes
 
     def shared_channels(self) -> list[str]:
-        """Rank pairs over which two different pairs of module stages would send in the same direction.
+        """Rank pairs over which two different streams would travel in the same direction.
 
         A direction between two ranks is one channel with one stream of numbered messages (``comm.p2p``), which
-        one communicator on each side owns; two encoders on one rank sending to the same language rank would
-        interleave on it. Empty where every channel has one owner (always, for non-colocated layouts).
+        one communicator on each side owns. The streams are the routes between module stages and the relays of a
+        tensor-parallel leader to its followers (both directions). Where a rank holds two modules, two streams can
+        meet on one channel (two encoders sending to the same language rank, or a language leader relaying to a
+        follower that also holds an encoder it sends gradients to), and their messages would interleave. Empty
+        where every channel carries one stream (always, for non-colocated layouts).
         """
-        owners: dict[tuple[str, int, int], set[tuple[str, str]]] = {}
+        streams: dict[tuple[str, int, int], set[str]] = {}
+
+        def add(direction: str, src: int, dst: int, stream: str) -> None:
+            if src != dst:  # a route on one rank is handed over there (``comm.local_handoffs``)
+                streams.setdefault((direction, src, dst), set()).add(stream)
+
         for module, layout in self.layouts.items():
             for rank in layout.ranks:
                 for route in self.routes_out(rank, module, layout.stage_of(rank)):
-                    src, dst = route.transfer.src_rank, route.transfer.dst_rank
-                    if src == dst:
-                        continue  # handed over on the rank (``comm.local_handoffs``)
-                    pair = (str(route.src_module), str(route.dst_module))
-                    owners.setdefault(("activations", src, dst), set()).add(pair)
-                    owners.setdefault(("gradients", dst, src), set()).add(pair)
+                    stream = f"{route.src_module} -> {route.dst_module}"
+                    add("activations", route.transfer.src_rank, route.transfer.dst_rank, stream)
+                    add("gradients", route.transfer.dst_rank, route.transfer.src_rank, stream)
+                leader, followers = self.tensor_parallel_group(rank, module)
+                stage = layout.stage_of(rank)
+                relayed = [direction for direction, relays in (
+                    ("activations", stage > 0 or bool(self.topology.sources_of(module))),  # it receives inputs
+                    ("gradients", bool(self.routes_out(rank, module, stage))),  # its outputs go somewhere
+                ) if relays]
+                for follower in followers if rank == leader else ():
+                    for direction in relayed:
+                        add(direction, leader, follower, f"the relay of {module}'s tensor-parallel leader")
         return [
-            f"{direction} from rank {src} to rank {dst} would carry both " + " and ".join(
-                f"{a} -> {b}" for a, b in sorted(pairs))
-            for (direction, src, dst), pairs in sorted(owners.items()) if len(pairs) > 1
+            f"{direction} from rank {src} to rank {dst} would carry both " + " and ".join(sorted(names))
+            for (direction, src, dst), names in sorted(streams.items()) if len(names) > 1
         ]
 
     def tensor_parallel_group(self, rank: int, module: str) -> tuple[int, list[int]]:

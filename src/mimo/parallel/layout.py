@@ -266,10 +266,11 @@ class RankRole:
         return tuple(self.stages)
 
     @property
-    def leads_tensor_parallel(self) -> bool:
-        """True on tensor-parallel rank 0 of every module held: the rank that reports what its whole tensor-parallel
-        group computed (the others compute the same losses and counts)."""
-        return all(tp_rank == 0 for tp_rank in self.tp_rank.values())
+    def reports_losses(self) -> bool:
+        """False on a tensor-parallel follower of the language model: its tensor-parallel rank 0 reports the same
+        losses and token counts (an encoder split on this rank does not matter: only the language model has a
+        loss)."""
+        return self.tp_rank.get(LANGUAGE_MODULE, 0) == 0
 
     def holds(self, module: str) -> bool:
         return module in self.stages

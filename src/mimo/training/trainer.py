@@ -253,7 +253,7 @@ class Trainer:
         # One host-to-device copy for the host-side scalars (each copy waits for the device's queued work).
         host = torch.tensor(stop + waits + counts, dtype=torch.float64).to(device)
         loss_totals = losses.total(device).double()
-        if not self.engine.role.leads_tensor_parallel:
+        if not self.engine.role.reports_losses:
             loss_totals = torch.zeros_like(loss_totals)  # its tensor-parallel rank 0 reports the same losses
         totals = torch.cat([loss_totals, norms.double(), host[:1], losses.nonfinite(num_microbatches, device),
                             host[1:]])
@@ -374,7 +374,7 @@ class Trainer:
                 microbatches = self.validation_loader.next_step() if self.validation_loader is not None else None
                 with self.failures.inside_meshes("the validation forward"):
                     losses = self.engine.evaluate(microbatches)
-                if self.engine.role.leads_tensor_parallel:  # the rest of its tensor-parallel group repeats it
+                if self.engine.role.reports_losses:  # the rest of its tensor-parallel group repeats it
                     totals += losses.total(self.ctx.device)
             if dist.is_initialized():
                 with self.failures.around("all-reduce of the validation loss"):

@@ -81,3 +81,14 @@ def test_two_encoders_feeding_one_language_rank_from_one_rank_are_refused():
                                          r"colocated encoders, one rank's encoders may not feed the same language "
                                          r"rank"):
         plan_run(config_from_dict(raw), world_size=2)
+
+
+def test_a_tensor_parallel_relay_meeting_a_route_on_one_channel_is_refused():
+    # language stage 0 is split over ranks 0 and 1: its leader relays gradients to rank 1, where it also sends the
+    # gradients of rank 1's image rows
+    layouts = {"images": L(dp=4), "language": L(pp=2, tp=2)}
+    clashes = RoutingPlan(layouts, default_topology(list(layouts)), 4).shared_channels()
+    assert clashes == ["gradients from rank 0 to rank 1 would carry both images -> language and the relay of "
+                       "language's tensor-parallel leader"]
+    fine = {"images": L(dp=2, tp=2), "language": L(dp=2, pp=2)}  # the image leader's relay has a channel of its own
+    assert RoutingPlan(fine, default_topology(list(fine)), 4).shared_channels() == []

@@ -96,6 +96,10 @@ COLOCATED_CASES = {
     "colocated_images_dp2_tp2_language_pp2_dp2": (
         4, _config(layout={"images": _entry(dp=2, tp=2), "language": _entry(dp=2, pp=2)})
     ),
+    # each language stage sharded by FSDP2 over its two ranks, the encoder sharded over all four
+    "colocated_images_shard4_language_pp2_shard2": (
+        4, _config(layout={"images": _entry(shard=4), "language": _entry(shard=2, pp=2)})
+    ),
     # two ranks, more microbatches than the two sends a channel may have in flight elsewhere
     "colocated_images_dp2_language_pp2": (
         2, _config(layout={"images": _entry(dp=2), "language": _entry(pp=2)}, num_microbatches=4)

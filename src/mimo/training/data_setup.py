@@ -8,20 +8,23 @@ message instead of leaving the others waiting.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from mimo.config import MimoConfig
-from mimo.data import build_dataset
+from mimo.data import MicrobatchLoader, build_dataset
+from mimo.data.merged_loader import MergedLoader
 from mimo.data.conversations.dataset import ConversationIndex
 from mimo.data.conversations.splits import conversation_datasets
 from mimo.data.format import Sample
 from mimo.model.configs import LANGUAGE_MODULE
 from mimo.training.run_plan import RunPlan
 
-__all__ = ["RunData", "build_run_data"]
+__all__ = ["RunData", "build_loader", "build_run_data"]
 
 
 @dataclass
@@ -64,3 +67,18 @@ def _agree(build, rank: int, source: int) -> list[ConversationIndex]:  # noqa: A
     if status == "error":
         raise ValueError(value)
     return value  # type: ignore[no-any-return]
+
+
+def build_loader(cfg: MimoConfig, dataset: Dataset[Sample] | None, parts: Sequence[Mapping[str, Any]]
+                 ) -> MicrobatchLoader | MergedLoader | None:
+    """This rank's loader of ``dataset``: none where no stage reads data (or no dataset), one per reading stage
+    (``parts``: each stage's ``MicrobatchLoader`` options), merged where a rank holds several."""
+    if dataset is None or not parts:
+        return None
+    loaders = [
+        MicrobatchLoader(dataset, global_batch_size=cfg.train.global_batch_size,
+                         num_microbatches=cfg.train.num_microbatches, seed=cfg.data.seed,
+                         num_workers=cfg.data.num_workers, prefetch_factor=cfg.data.prefetch_factor, **options)
+        for options in parts
+    ]
+    return loaders[0] if len(loaders) == 1 else MergedLoader(loaders)

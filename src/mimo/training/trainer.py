@@ -22,19 +22,17 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Dataset
 
 from mimo.config import MimoConfig
 from mimo.data import MicrobatchLoader
 from mimo.data.merged_loader import MergedLoader
-from mimo.data.format import Sample
 from mimo.distributed import DistributedContext, raise_if_any_rank_failed
 from mimo.errors import NonFiniteError
 from mimo.export import load_consolidated
 from mimo.model.configs import LANGUAGE_MODULE
 from mimo.model.tied import tied_copies
 from mimo.parallel.groups import build_module_groups, build_module_meshes
-from mimo.training.data_setup import build_run_data
+from mimo.training.data_setup import build_loader, build_run_data
 from mimo.pipeline.runner import StageLosses
 from mimo.training import grads
 from mimo.checkpoint.manifest import path_sha256
@@ -94,10 +92,9 @@ class Trainer:
         self.data = build_run_data(cfg, plan, ctx.rank)
         error = None
         try:
-            self.loader = self._build_loader(self.data.train)
-            self.validation_loader = (
-                self._build_loader(self.data.validation) if self.data.validation is not None else None
-            )
+            parts = self.engine.loader_options()
+            self.loader = build_loader(cfg, self.data.train, parts)
+            self.validation_loader = build_loader(cfg, self.data.validation, parts)
         except ValueError as caught:
             error = caught
         raise_if_any_rank_failed(error)
@@ -151,25 +148,6 @@ class Trainer:
         }
         self.checkpointer = Checkpointer(self, cfg.checkpoint_dir, keep=cfg.checkpoint.keep,
                                          verify_checksums=cfg.checkpoint.verify == "checksums", init_source=init_source)
-
-    def _build_loader(self, dataset: Dataset[Sample], *, seed: int | None = None
-                      ) -> MicrobatchLoader | MergedLoader | None:
-        """This rank's loader: none where no stage reads data, one per reading stage (merged where several)."""
-        loaders = [
-            MicrobatchLoader(
-                dataset,
-                global_batch_size=self.cfg.train.global_batch_size,
-                num_microbatches=self.cfg.train.num_microbatches,
-                seed=self.cfg.data.seed if seed is None else seed,
-                num_workers=self.cfg.data.num_workers,
-                prefetch_factor=self.cfg.data.prefetch_factor,
-                **options,
-            )
-            for options in self.engine.loader_options()
-        ]
-        if not loaders:
-            return None
-        return loaders[0] if len(loaders) == 1 else MergedLoader(loaders)
 
     def train_step(self) -> StepMetrics:
         """One optimizer step over the global batch; the metrics are identical on every rank."""

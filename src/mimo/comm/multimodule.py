@@ -47,6 +47,8 @@ class MultiModulePipelineCommunicator:
             tensors from the others do not require grad.
         activation_group, gradient_group: world-sized groups for the two directions (see ``parallel.groups``);
             None uses the default group.
+        bridge_activation_group, bridge_gradient_group: the groups of bridge routes, where they differ (a
+            language model pipelined over its encoders' ranks); None: the two above.
         max_sends_in_flight: hops per outgoing channel whose buffers may still be in flight (see ``Outbox``).
         post_receives_early: post receives ahead of need; None decides by backend (gloo yes, others no).
         local: the mailbox shared with the other modules' communicators of this rank, for routes that stay on
@@ -61,13 +63,16 @@ class MultiModulePipelineCommunicator:
     device: torch.device
     activation_group: dist.ProcessGroup | None = None
     gradient_group: dist.ProcessGroup | None = None
+    bridge_activation_group: dist.ProcessGroup | None = None
+    bridge_gradient_group: dist.ProcessGroup | None = None
     max_sends_in_flight: int = 2
     post_receives_early: bool | None = None
     local: LocalHandoffs | None = None
     _in_rows: dict[int, dict[int, int]] = field(default_factory=dict)
     _out_rows: dict[int, dict[int, int]] = field(default_factory=dict)
-    _outboxes: dict[tuple[str, int], Outbox] = field(default_factory=dict)
-    _inboxes: dict[tuple[str, int], Inbox] = field(default_factory=dict)
+    _outboxes: dict[tuple[str, int, bool], Outbox] = field(default_factory=dict)
+    _inboxes: dict[tuple[str, int, bool], Inbox] = field(default_factory=dict)
+    """Channels by ``(direction, peer, over a bridge)``."""
     _expected: dict[str, deque[int]] = field(default_factory=dict)
     """Per direction, the microbatches still to be received in this step (set by ``begin_step``)."""
 
@@ -217,26 +222,30 @@ class MultiModulePipelineCommunicator:
         return self.recv_forward(microbatch=next_microbatch)
 
     # channels --------------------------------------------------------------------------------------------
-    def _group(self, direction: str) -> dist.ProcessGroup | None:
+    def _group(self, direction: str, bridge: bool) -> dist.ProcessGroup | None:
+        if bridge and (group := self.bridge_activation_group if direction == _ACTIVATIONS
+                       else self.bridge_gradient_group) is not None:
+            return group
         return self.activation_group if direction == _ACTIVATIONS else self.gradient_group
 
-    def _inbox(self, direction: str, peer: int) -> Inbox:
-        group = self._group(direction)
-        box = self._inboxes.get((direction, peer))
+    def _inbox(self, direction: str, peer: int, bridge: bool) -> Inbox:
+        group = self._group(direction, bridge)
+        box = self._inboxes.get((direction, peer, bridge))
         if box is None or box.group is not group:  # groups are attached after construction (``use_groups``)
-            box = self._inboxes[(direction, peer)] = Inbox(peer, group, self.device)
+            box = self._inboxes[(direction, peer, bridge)] = Inbox(peer, group, self.device)
         return box
 
-    def _outbox(self, direction: str, peer: int) -> Outbox:
-        group = self._group(direction)
-        box = self._outboxes.get((direction, peer))
+    def _outbox(self, direction: str, peer: int, bridge: bool) -> Outbox:
+        group = self._group(direction, bridge)
+        box = self._outboxes.get((direction, peer, bridge))
         if box is None or box.group is not group:
-            box = self._outboxes[(direction, peer)] = Outbox(peer, group, max_in_flight=self.max_sends_in_flight)
+            box = self._outboxes[(direction, peer, bridge)] = Outbox(peer, group, max_in_flight=self.max_sends_in_flight)
         return box
 
     def _posts_early(self) -> bool:
         if self.post_receives_early is None:
-            groups = [self.activation_group, self.gradient_group]
+            groups = [self.activation_group, self.gradient_group, self.bridge_activation_group,
+                      self.bridge_gradient_group]
             self.post_receives_early = all(dist.get_backend(group) == "gloo" for group in groups)
         return self.post_receives_early
 
@@ -253,10 +262,10 @@ class MultiModulePipelineCommunicator:
         expected = self._expected.get(direction)
         if not expected:
             return
-        for peer in self._peers(direction):
+        for peer, sender in zip(self._peers(direction), self._peer_modules(direction)):
             if peer == self.rank:
                 continue  # handed over on the rank: nothing to post
-            box = self._inbox(direction, peer)
+            box = self._inbox(direction, peer, bridge=sender != self.module)
             try:
                 box.post(expected[0])
             except TransferFailed as error:
@@ -277,7 +286,7 @@ class MultiModulePipelineCommunicator:
                 received.append(self._handoffs().take(direction, sender, self.module, microbatch))
                 continue
             try:
-                received.append(self._inbox(direction, peer).receive(microbatch))
+                received.append(self._inbox(direction, peer, bridge=sender != self.module).receive(microbatch))
             except (TransferFailed, WireError) as error:
                 raise self._error("receive", direction, microbatch, peer, error) from error
         if self.post_receives_early:
@@ -286,13 +295,15 @@ class MultiModulePipelineCommunicator:
 
     def _send(self, direction: str, peer: int, payload: dict[str, Tensor], microbatch: int, *,
               receiver: str | None = None) -> None:
-        """Send ``payload`` to ``peer``; a bridge route names the ``receiver`` module, in case the peer is this rank."""
+        """Send ``payload`` to ``peer``; a bridge route names the ``receiver`` module (its own group, or this rank)."""
         if peer == self.rank:
-            assert receiver is not None, "only bridge routes may stay on a rank"
+            if receiver is None:
+                raise RuntimeError(f"module {self.module!r} stage {self.stage}: a hop within the module targets its "
+                                   f"own rank {self.rank}; only bridge routes may stay on a rank")
             self._handoffs().put(direction, self.module, receiver, microbatch, payload)
             return
         try:
-            self._outbox(direction, peer).send(payload, microbatch)
+            self._outbox(direction, peer, bridge=receiver is not None).send(payload, microbatch)
         except TransferFailed as error:
             raise self._error("send", direction, error.microbatch, peer, error) from error
 

@@ -9,6 +9,11 @@ send before their receive (``SEND_F`` then ``RECV_B`` on one side, ``SEND_B`` th
 buffers the sends, but NCCL runs one communicator's operations in order on one stream, so with a single group
 each send would wait for a receive queued behind the other side's send. With one group per direction the two
 sends and the two receives pair up on different streams.
+
+That holds while traffic between two ranks on one group goes one way. Where a language model is pipelined over
+its encoders' ranks, stage hops (and tensor-parallel relays) run towards higher ranks while bridge rows run towards
+lower ones (an encoder's rows go to the language replica owning its samples, whose first stage sits on a rank no
+higher), so bridges get a pair of groups of their own there; each group then carries one-way traffic per pair.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ class ModuleGroups:
     dp: dict[str, dist.ProcessGroup | None]
     activations: dist.ProcessGroup | None = None
     gradients: dist.ProcessGroup | None = None
+    bridge_activations: dist.ProcessGroup | None = None
+    """Bridge rows where a language model is pipelined over its encoders' ranks; the ``activations`` group
+    elsewhere (see the module docstring)."""
+    bridge_gradients: dist.ProcessGroup | None = None
     tied: dist.ProcessGroup | None = None
     """The first and last stage of this rank's language replica, when they hold copies of tied embeddings."""
     rows: dict[str, dist.ProcessGroup] = field(default_factory=dict)
@@ -75,10 +84,18 @@ def build_module_groups(
                 if rank in ends:
                     tied = group
     world = list(range(dist.get_world_size()))
+    activations, gradients = dist.new_group(world, timeout=timeout), dist.new_group(world, timeout=timeout)
+    bridge_activations, bridge_gradients = activations, gradients
+    language = layouts.get(LANGUAGE_MODULE)
+    if language is not None and language.pp > 1 and placement_of(layouts) is Placement.COLOCATED:
+        bridge_activations, bridge_gradients = (dist.new_group(world, timeout=timeout),
+                                                dist.new_group(world, timeout=timeout))
     return ModuleGroups(
         dp=groups,
-        activations=dist.new_group(world, timeout=timeout),
-        gradients=dist.new_group(world, timeout=timeout),
+        activations=activations,
+        gradients=gradients,
+        bridge_activations=bridge_activations,
+        bridge_gradients=bridge_gradients,
         tied=tied,
         rows=_row_groups(layouts, rank, timeout),
     )

@@ -23,7 +23,7 @@ from mimo.comm.local_handoffs import LocalHandoffs
 from mimo.comm.multimodule import MultiModulePipelineCommunicator
 from mimo.comm.routing import RoutingPlan
 from mimo.config import MimoConfig
-from mimo.data.format import text_keys_for_stage
+from mimo.data.format import MODALITY_INPUTS, text_keys_for_stage
 from mimo.model import MimoModel
 from mimo.model.compute import apply_compute
 from mimo.model.configs import LANGUAGE_MODULE
@@ -149,14 +149,17 @@ class PipelineEngine:
     @property
     def runner(self) -> StageRunner:
         """The runner of this rank's one stage (a rank holding several has one per module in ``runners``)."""
-        (runner,) = self.runners.values()
-        return runner
+        if len(self.runners) != 1:
+            raise AttributeError(f"rank {self.role.rank} holds stages of {list(self.runners)}: use runners[module]")
+        return next(iter(self.runners.values()))
 
     def use_groups(self, groups: ModuleGroups) -> None:
         """Send activations and gradients on their own point-to-point groups (created after the engine)."""
         for runner in (*self.runners.values(), *self.eval_runners.values()):
-            runner.communicator.activation_group = groups.activations
-            runner.communicator.gradient_group = groups.gradients
+            communicator = runner.communicator
+            communicator.activation_group, communicator.gradient_group = groups.activations, groups.gradients
+            communicator.bridge_activation_group = groups.bridge_activations
+            communicator.bridge_gradient_group = groups.bridge_gradients
 
     def counts_tokens(self, module: str) -> bool:
         """Whether this rank counts ``module``'s tokens (for FLOPs): on its first stage, tensor-parallel rank 0."""
@@ -197,13 +200,22 @@ class PipelineEngine:
         if len(runners) == 1:
             (module,) = runners
             return run_stages(runners, actions, {module: microbatches})[module]
-        # Each stage reads every microbatch of the step in its own order (the encoder's all first).
-        batches = list(microbatches) if microbatches is not None else None
-        data = {module: None if batches is None else iter(batches) for module in runners}
+        # Each stage reads every microbatch of the step in its own order (the encoder's all first), and only its
+        # own fields of it, which are all it moves to the device.
+        batches = list(microbatches) if microbatches is not None else []
+        data = {module: iter([_fields_of(module, batch) for batch in batches]) for module in runners}
         merged = StageLosses()
         for losses in run_stages(runners, actions, data).values():
             merged.reports.update(losses.reports)  # only the language model's loss stage reports any
         return merged
+
+
+def _fields_of(module: str, batch: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a merged microbatch (``MergedLoader``) that ``module``'s stage reads."""
+    if module == LANGUAGE_MODULE:
+        return {key: value for key, value in batch.items() if key != MODALITY_INPUTS}
+    inputs = batch.get(MODALITY_INPUTS, {})
+    return {MODALITY_INPUTS: {module: inputs[module]}} if module in inputs else {}
 
 
 def _build_stage(cfg: MimoConfig, module: str, stage: int, num_stages: int) -> nn.Module:

@@ -103,11 +103,14 @@ def _check_stage_split(cfg: MimoConfig, name: str, layout: ModuleLayout) -> None
 
 def _check_channels(routing: RoutingPlan) -> None:
     clashes = routing.shared_channels()
-    if clashes:
-        raise ValueError(
-            f"layout: {clashes[0]}; with a language model pipelined over colocated encoders, one rank's encoders "
-            "may not feed the same language rank (place all but one encoder on ranks of their own)"
-        )
+    if not clashes:
+        return
+    if "relay" in clashes[0]:
+        hint = "drop tp from the language model, or place the encoders on ranks of their own"
+    else:
+        hint = "place all but one of that rank's encoders on ranks of their own"
+    raise ValueError(f"layout: {clashes[0]}; with a language model pipelined over colocated encoders, two streams "
+                     f"may not share a channel between two ranks ({hint})")
 
 
 def _fully_frozen(module: str, freeze: list[str]) -> bool:

@@ -78,8 +78,8 @@ def test_two_encoders_feeding_one_language_rank_from_one_rank_are_refused():
     }
     with pytest.raises(ValueError, match=r"layout: activations from rank 1 to rank 0 would carry both audio -> "
                                          r"language and images -> language; with a language model pipelined over "
-                                         r"colocated encoders, one rank's encoders may not feed the same language "
-                                         r"rank"):
+                                         r"colocated encoders, two streams may not share a channel between two ranks "
+                                         r"\(place all but one of that rank's encoders on ranks of their own\)"):
         plan_run(config_from_dict(raw), world_size=2)
 
 
@@ -92,3 +92,26 @@ def test_a_tensor_parallel_relay_meeting_a_route_on_one_channel_is_refused():
                        "language's tensor-parallel leader"]
     fine = {"images": L(dp=2, tp=2), "language": L(dp=2, pp=2)}  # the image leader's relay has a channel of its own
     assert RoutingPlan(fine, default_topology(list(fine)), 4).shared_channels() == []
+
+
+@pytest.mark.parametrize("layouts", [
+    IMAGES4_LANGUAGE_PP2_DP2,
+    {"images": L(dp=2), "language": L(pp=2)},
+    {"images": L(dp=4), "language": L(pp=4)},
+    {"images": L(dp=2, tp=2), "language": L(dp=2, pp=2)},
+    {"images": L(dp=6), "language": L(dp=3, pp=2)},
+], ids=["dp4_pp2_dp2", "dp2_pp2", "dp4_pp4", "tp2_pp2_dp2", "dp6_pp2_dp3"])
+def test_bridge_rows_and_stage_hops_each_flow_one_way_between_two_ranks(layouts):
+    """Why bridges get their own groups here (``parallel.groups``): on NCCL a group runs one stream per rank, so
+    traffic both ways between two ranks on one group can block; stage hops and relays go up, bridge rows down."""
+    routing = RoutingPlan(layouts, default_topology(list(layouts)), 12)
+    bridge, hops = set(), set()
+    for module, layout in layouts.items():
+        for rank in layout.ranks:
+            for route in routing.routes_out(rank, module, layout.stage_of(rank)):
+                pair = (route.transfer.src_rank, route.transfer.dst_rank)
+                (hops if route.src_module == route.dst_module else bridge).add(pair)
+            leader, followers = routing.tensor_parallel_group(rank, module)
+            hops |= {(leader, follower) for follower in followers}
+    assert bridge and all(src >= dst for src, dst in bridge)
+    assert hops and all(src < dst for src, dst in hops)

@@ -113,8 +113,8 @@ class StageRunner:
 
     def run(self, actions: list[Action], data_iterator: Iterable[Any] | None) -> StageLosses:
         """Execute ``actions``; return this rank's losses (non-zero on the loss stage only)."""
-        return run_stages({self.communicator.module: self}, actions, {self.communicator.module: data_iterator})[
-            self.communicator.module]
+        module = self.communicator.module
+        return run_stages({module: self}, actions, {module: data_iterator})[module]
 
     def begin(self, actions: list[Action], data_iterator: Iterable[Any] | None) -> None:
         """Start a step of this stage's ``actions``: before the first one the communicator learns which messages
